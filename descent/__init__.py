@@ -1,0 +1,1 @@
+"""Descent: hosted PyTorch training jobs. Settings and the command line live here."""

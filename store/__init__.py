@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, sessions and the artifact store. No torch, no web."""
