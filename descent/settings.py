@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     gpu_queue: str = "gpu"
     # How often the embedded (SQLAlchemy) transport polls its table, in seconds.
     broker_polling_interval: float = 0.1
+    # Prefix of every Redis key the broker writes (lets several deployments share a server).
+    broker_key_prefix: str = ""
+    # Redis hands an unacknowledged task back only after this many seconds.
+    broker_visibility_timeout: int = 3600
     # Requests larger than this are refused with 413 before they are read whole.
     max_body_bytes: int = 1_000_000
     metrics_page_limit: int = 1000

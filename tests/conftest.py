@@ -1,0 +1,132 @@
+"""Shared fixtures: a fresh database per test run (SQLite in a temporary folder, or its own
+PostgreSQL database), its own Redis key space, both cleaned up afterwards.
+
+PostgreSQL and Redis tests skip with the reason where those servers are not running, and
+fail instead under CI=true, where they must be there.
+"""
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from descent.settings import Settings, get_settings
+
+ON_CI = os.environ.get("CI") == "true"
+PG_ADMIN_URL = os.environ.get(
+    "DESCENT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_TEST_URL = os.environ.get("DESCENT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def unavailable(reason: str) -> None:
+    """Skip where a server is missing, but fail on CI, where it must be there."""
+    if ON_CI:
+        pytest.fail(f"{reason} (required under CI=true)")
+    pytest.skip(reason)
+
+
+def reset_caches() -> None:
+    """Forget cached settings, engines and sessions, so a changed environment takes effect."""
+    from store import db
+
+    if db.get_engine.cache_info().currsize:
+        db.get_engine().dispose()
+    db.get_engine.cache_clear()
+    db.get_sessionmaker.cache_clear()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of its own for this test run, dropped at the end."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not here"
+        admin.dispose()
+        unavailable(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}")
+    name = f"descent_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_broker() -> Iterator[tuple[str, str]]:
+    """(Redis URL, key prefix): this run's own key space, deleted at the end."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL)
+    try:
+        client.ping()
+    except Exception as exc:  # noqa: BLE001
+        unavailable(f"Redis is not reachable at {REDIS_TEST_URL}: {exc.__class__.__name__}")
+    prefix = f"descent-test-{uuid.uuid4().hex[:12]}:"
+    try:
+        yield REDIS_TEST_URL, prefix
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()
+
+
+@pytest.fixture
+def configure(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Settings]]:
+    """Point the service at the given environment: configure(DESCENT_DATA_DIR=...)."""
+
+    def apply(**env: str) -> Settings:
+        for key in ("DATABASE_URL", "REDIS_URL", "DESCENT_DATABASE_URL", "DESCENT_BROKER_URL"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        reset_caches()
+        return get_settings()
+
+    yield apply
+    reset_caches()
+
+
+def migrated(settings: Settings) -> Settings:
+    from descent.migrate import upgrade
+
+    upgrade()
+    return settings
+
+
+@pytest.fixture
+def sqlite_env(configure: Callable[..., Settings], tmp_path: Path) -> Settings:
+    """The embedded default in a temporary data folder, migrated."""
+    return migrated(configure(DESCENT_DATA_DIR=str(tmp_path / "data")))
+
+
+@pytest.fixture
+def postgres_env(
+    configure: Callable[..., Settings], tmp_path: Path, postgres_url: str
+) -> Iterator[Settings]:
+    """This run's PostgreSQL database, migrated, emptied after each test."""
+    settings = migrated(configure(DESCENT_DATA_DIR=str(tmp_path / "data"), DATABASE_URL=postgres_url))
+    yield settings
+    from sqlalchemy import text
+
+    from store.db import get_engine
+
+    with get_engine().begin() as conn:
+        conn.execute(text("TRUNCATE jobs, metrics, checkpoints CASCADE"))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_env(request: pytest.FixtureRequest) -> Settings:
+    """Both databases the service supports, one after the other."""
+    return request.getfixturevalue(f"{request.param}_env")
