@@ -21,9 +21,7 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "", validation_alias=AliasChoices("DESCENT_DATABASE_URL", "DATABASE_URL")
     )
-    broker_url: str = Field(
-        "", validation_alias=AliasChoices("DESCENT_BROKER_URL", "REDIS_URL")
-    )
+    broker_url: str = Field("", validation_alias=AliasChoices("DESCENT_BROKER_URL", "REDIS_URL"))
     artifacts_dir: Path | None = None
     # The default queue takes jobs with device auto|cpu; device cuda goes to the gpu queue.
     cpu_queue: str = "cpu"

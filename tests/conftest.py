@@ -116,7 +116,9 @@ def postgres_env(
     configure: Callable[..., Settings], tmp_path: Path, postgres_url: str
 ) -> Iterator[Settings]:
     """This run's PostgreSQL database, migrated, emptied after each test."""
-    settings = migrated(configure(DESCENT_DATA_DIR=str(tmp_path / "data"), DATABASE_URL=postgres_url))
+    settings = migrated(
+        configure(DESCENT_DATA_DIR=str(tmp_path / "data"), DATABASE_URL=postgres_url)
+    )
     yield settings
     from sqlalchemy import text
 

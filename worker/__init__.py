@@ -1,0 +1,1 @@
+"""Celery workers: the task that runs the training core for one job."""
