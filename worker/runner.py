@@ -16,8 +16,9 @@ from typing import Any
 from sqlalchemy import delete, select, update
 
 from core.errors import TrainingError
+from core.results import EpochRecord, FitResult
 from core.spec import JobSpec
-from core.train import EpochRecord, FitResult, Trainer, TrainerHooks
+from core.train import Trainer, TrainerHooks
 from store.artifacts import LocalArtifacts, get_artifacts
 from store.db import session_scope
 from store.models import Checkpoint, Job, JobStatus, Metric

@@ -1,0 +1,107 @@
+"""The worker's job runner against a real database, without Celery in between."""
+
+import math
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from core.spec import JobSpec
+from descent.settings import Settings
+from store.artifacts import get_artifacts
+from store.db import session_scope
+from store.models import Checkpoint, Job, Metric
+from worker.runner import JobNotFound, run_job
+
+
+def make_job(spec: dict[str, Any], **fields: Any) -> str:
+    parsed = JobSpec.model_validate(spec)
+    es = parsed.early_stopping
+    with session_scope() as session:
+        job = Job(
+            spec=parsed.model_dump(mode="json"),
+            spec_hash=parsed.spec_hash(),
+            queue="cpu",
+            monitor=es.monitor if es else "val_loss",
+            mode=(es.mode or "min") if es else "min",
+            **fields,
+        )
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+SPEC = {
+    "dataset": {"name": "iris", "seed": 0},
+    "model": {"arch": "mlp", "hidden": [8]},
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    "training": {"epochs": 6, "batch_size": 16, "seed": 0},
+    "checkpoints": {"keep_top_k": 1},
+}
+
+
+def test_run_job_records_every_epoch_and_keeps_best_and_last(db_env: Settings) -> None:
+    job_id = make_job(SPEC)
+    assert run_job(job_id, worker="w1") == "succeeded"
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        values = dict(
+            session.execute(
+                select(Metric.epoch, Metric.value).where(
+                    Metric.job_id == job_id, Metric.name == "val_loss"
+                )
+            ).all()
+        )
+        rows = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)))
+        assert session.scalar(select(func.count()).select_from(Metric)) >= 6 * 5
+    assert sorted(values) == [1, 2, 3, 4, 5, 6]
+    best = min(values, key=values.__getitem__)
+    assert job.status == "succeeded" and job.epoch == 6 and job.attempt == 1
+    assert job.best_epoch == best and math.isclose(job.best_value, values[best])
+    assert job.stop["reason"] == "max_epochs"
+    # keep_top_k=1: exactly the best and the last survive, rows and files alike.
+    assert {row.epoch for row in rows} == {best, 6}
+    assert job.best_checkpoint_id in {row.id for row in rows if row.epoch == best}
+    artifacts = get_artifacts()
+    files = {p.name for p in artifacts.job_dir(job_id).iterdir()}
+    named = {artifacts.path(r.weights_path).name for r in rows} | {
+        artifacts.path(r.state_path).name for r in rows
+    }
+    assert files == named
+
+
+def test_a_finished_job_is_never_run_again(sqlite_env: Settings) -> None:
+    job_id = make_job(SPEC)
+    assert run_job(job_id, worker="w1") == "succeeded"
+    assert run_job(job_id, worker="w2") == "skipped"
+    with session_scope() as session:
+        assert session.get_one(Job, job_id).attempt == 1
+
+
+def test_a_cancelled_queued_job_is_skipped(sqlite_env: Settings) -> None:
+    job_id = make_job(SPEC, cancel_requested=True)
+    assert run_job(job_id, worker="w1") == "skipped"
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        assert job.status == "cancelled" and job.started_at is None
+
+
+def test_a_missing_job_fails_loudly(sqlite_env: Settings) -> None:
+    with pytest.raises(JobNotFound):
+        run_job("0" * 32, worker="w1")
+
+
+def test_a_diverging_job_fails_with_its_reason_and_keeps_its_history(sqlite_env: Settings) -> None:
+    spec = {
+        **SPEC,
+        "optimizer": {"name": "sgd", "lr": 1e6, "momentum": 0.9},
+        "training": {"epochs": 20, "batch_size": 16, "seed": 0},
+    }
+    job_id = make_job(spec)
+    assert run_job(job_id, worker="w1") == "failed"
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        epochs = session.scalars(select(Metric.epoch).where(Metric.job_id == job_id)).all()
+    assert job.status == "failed"
+    assert "lower the learning rate" in job.error and job.finished_at is not None
+    assert set(epochs) == set(range(1, job.epoch + 1))
