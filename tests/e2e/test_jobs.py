@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Service
+from tests.e2e.service import Service
 
 
 def digits_mlp(**overrides: Any) -> dict[str, Any]:

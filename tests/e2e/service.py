@@ -1,0 +1,195 @@
+"""The real service in subprocesses, reached over real HTTP (used by tests and benchmarks).
+
+- ``embedded``: ``python -m descent serve`` — the README's one-command start (SQLite, the
+  SQLAlchemy broker transport, one worker process) in a temporary data folder.
+- ``redis``: PostgreSQL + Redis, with ``descent migrate``, a Celery worker and the API
+  started as production starts them, in this run's own database and Redis key space.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Service:
+    url: str
+    env: dict[str, str]
+    logs: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.post("/v1/jobs", json=spec)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait(self, job_id: str, until: Any = None, timeout: float = 90) -> dict[str, Any]:
+        """Poll the job until ``until(job)`` holds (default: it has ended)."""
+        until = until or (lambda job: job["status"] in TERMINAL)
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if until(job):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting on job {job_id}: {job}\n{self.tail()}")
+            time.sleep(0.05)
+
+    def metrics(self, job_id: str, **params: Any) -> list[dict[str, Any]]:
+        """Every epoch record, following the cursor."""
+        items: list[dict[str, Any]] = []
+        after = params.pop("after", 0)
+        while True:
+            response = self.http.get(
+                f"/v1/jobs/{job_id}/metrics", params={"after": after, **params}
+            )
+            assert response.status_code == 200, response.text
+            page = response.json()
+            items += page["items"]
+            if page["next"] is None:
+                return items
+            after = page["next"]
+
+    def tail(self, lines: int = 60) -> str:
+        out = []
+        for path in sorted(self.logs.glob("*.log")):
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.name}\n" + "\n".join(text))
+        return "\n".join(out)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        process = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"service process exited {process.returncode}\n{self.tail()}"
+                    )
+            try:
+                if self.http.get("/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"service did not become healthy\n{self.tail()}")
+
+    def worker_ready(self, timeout: float = 120) -> None:
+        """Celery logs 'ready.' once it consumes; jobs sent earlier still wait, but tests
+        that time things should not count the worker's start-up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any("ready." in p.read_text(errors="replace") for p in self.logs.glob("*.log")):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"worker never became ready\n{self.tail()}")
+
+    def stop(self) -> None:
+        self.http.close()
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def base_env(data_dir: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DESCENT_") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+    env.update(DESCENT_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+    return env
+
+
+def start_embedded(root: Path) -> Service:
+    """``python -m descent serve``: the README's one-command start, in ``root``."""
+    port = free_port()
+    service = Service(f"http://127.0.0.1:{port}", base_env(root / "data"), root)
+    service.start("serve", "-m", "descent", "serve", "--port", str(port))
+    return service
+
+
+def start_production(root: Path, database_url: str, redis_url: str, prefix: str) -> Service:
+    """``descent migrate``, a Celery worker and the API, as production starts them."""
+    port = free_port()
+    env = base_env(root / "data") | {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "DESCENT_BROKER_KEY_PREFIX": prefix,
+    }
+    service = Service(f"http://127.0.0.1:{port}", env, root)
+    subprocess.run([sys.executable, "-m", "descent", "migrate"], cwd=ROOT, env=env, check=True)
+    service.start(
+        "worker",
+        "-m",
+        "celery",
+        "-A",
+        "worker.app",
+        "worker",
+        "-Q",
+        "cpu,gpu",
+        "--concurrency",
+        "1",
+        "--loglevel",
+        "INFO",
+        "-n",
+        f"e2e-{port}@%h",
+    )
+    service.start(
+        "api", "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)
+    )
+    return service
+
+
+def running(service: Service) -> Iterator[Service]:
+    """Wait until the service answers and its worker consumes; stop it afterwards."""
+    try:
+        service.wait_healthy()
+        service.worker_ready()
+        yield service
+    finally:
+        service.stop()
