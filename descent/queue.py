@@ -3,10 +3,14 @@ workers (which register them in ``worker.tasks``). Importing this module never i
 
 from celery import Celery
 from kombu import Queue
+from kombu.transport import TRANSPORT_ALIASES
 
 from descent.settings import Settings, get_settings
 
 TRAIN_TASK = "training.run"
+
+# ``sqla+…`` URLs use kombu's SQLAlchemy transport with a settable polling interval.
+TRANSPORT_ALIASES["sqla"] = "descent.broker:Transport"
 
 
 def make_celery(settings: Settings | None = None) -> Celery:

@@ -3,9 +3,9 @@ handed over in ``config.attributes["connection"]`` (tests, the ``migrate`` comma
 
 from alembic import context
 
+from descent.settings import get_settings
 from store.db import make_engine
 from store.models import Base
-from descent.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,0 +1,26 @@
+# The commands the README names. Each target installs first (a no-op when nothing changed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install serve test lint bench
+
+install: $(VENV)/.installed
+
+# Reinstalled whenever pyproject.toml changes; the Dockerfile runs the same `pip install -e .`.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+serve: install
+	$(BIN)/descent serve
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python -m benchmarks
