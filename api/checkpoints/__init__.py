@@ -1,0 +1,1 @@
+"""Checkpoint listing and downloads."""

@@ -1,0 +1,83 @@
+"""Checkpoints: listing a job's kept checkpoints and locating their weights files."""
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.checkpoints.schemas import CheckpointPublic
+from api.errors import Gone, NotFound
+from api.jobs.service import get_job
+from store.artifacts import get_artifacts
+from store.models import Checkpoint, Job
+
+
+@dataclass(frozen=True)
+class Download:
+    path: Path
+    stat: os.stat_result  # taken once, so the response never stats a file that is gone
+    filename: str
+    sha256: str
+
+
+def list_checkpoints(session: Session, job_id: str, *, owner: str) -> list[CheckpointPublic]:
+    job = get_job(session, job_id, owner=owner)
+    checkpoints = session.scalars(
+        select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.epoch)
+    ).all()
+    last_id = checkpoints[-1].id if checkpoints else None
+    return [
+        CheckpointPublic.from_row(
+            c, is_best=c.id == job.best_checkpoint_id, is_last=c.id == last_id
+        )
+        for c in checkpoints
+    ]
+
+
+def best_checkpoint(session: Session, job_id: str, *, owner: str) -> Download:
+    job = get_job(session, job_id, owner=owner)
+    if job.best_checkpoint_id is None:
+        raise NotFound(f"job {job_id} has no checkpoint yet")
+    checkpoint = session.get(Checkpoint, job.best_checkpoint_id)
+    if checkpoint is None:
+        raise Gone(f"the best checkpoint of job {job_id} no longer exists")
+    return _download(job, checkpoint)
+
+
+def checkpoint_file(session: Session, checkpoint_id: str, *, owner: str) -> Download:
+    found = session.execute(
+        select(Checkpoint, Job)
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(Checkpoint.id == checkpoint_id, Job.owner == owner)
+    ).one_or_none()
+    if found is None:
+        raise NotFound(f"checkpoint {checkpoint_id} not found")
+    checkpoint, job = found
+    return _download(job, checkpoint)
+
+
+def _download(job: Job, checkpoint: Checkpoint) -> Download:
+    missing = f"the weights file of checkpoint {checkpoint.id} is missing from the artifact store"
+    try:
+        path = get_artifacts().path(checkpoint.weights_path)
+        info = path.stat()
+    except (OSError, ValueError):
+        raise Gone(missing) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise Gone(missing)
+    stem = _file_stem(job.name) or job.id
+    return Download(
+        path=path,
+        stat=info,
+        filename=f"{stem}-epoch{checkpoint.epoch}.safetensors",
+        sha256=checkpoint.sha256,
+    )
+
+
+def _file_stem(name: str | None) -> str:
+    """A job name made safe for a file name (and a Content-Disposition header)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name or "").strip("-.")

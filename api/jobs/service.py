@@ -1,0 +1,145 @@
+"""Jobs: every query and state change behind the job routes."""
+
+import base64
+import binascii
+import logging
+from datetime import datetime
+from functools import partial
+
+from sqlalchemy import select, tuple_, update
+from sqlalchemy.orm import Session
+
+from api.db import on_commit
+from api.encoding import as_utc, non_finite_paths
+from api.errors import Conflict, InvalidParameter, NotFound, Unavailable
+from api.queue import TaskQueue
+from core.spec import JobSpec
+from descent.settings import Settings
+from store.db import session_scope
+from store.models import Job, JobStatus, utcnow
+
+logger = logging.getLogger("api.jobs")
+
+
+def submit_job(
+    session: Session, spec: JobSpec, *, owner: str, settings: Settings, tasks: TaskQueue
+) -> Job:
+    """Store a queued job; it is sent to its queue once the request's transaction commits."""
+    spec_json = spec.model_dump(mode="json")
+    # JSON has no NaN or infinity; the stored spec must be valid JSON for every database.
+    bad = non_finite_paths(spec_json)
+    if bad:
+        raise InvalidParameter([(("body", *path), "must be a finite number", None) for path in bad])
+    stopping = spec.early_stopping
+    job = Job(
+        owner=owner,
+        name=spec.name,
+        status=JobStatus.QUEUED,
+        spec=spec_json,
+        spec_hash=spec.spec_hash(),
+        queue=settings.gpu_queue if spec.training.device == "cuda" else settings.cpu_queue,
+        monitor=stopping.monitor if stopping else "val_loss",
+        mode=(stopping.mode if stopping else None) or "min",
+    )
+    session.add(job)
+    session.flush()
+    on_commit(session, partial(enqueue_job, job.id, job.queue, tasks))
+    return job
+
+
+def enqueue_job(job_id: str, queue: str, tasks: TaskQueue) -> None:
+    """Send a committed job to its queue; if the broker refuses, the job fails (503)."""
+    try:
+        tasks.send_training(job_id, queue)
+    except Exception as exc:  # noqa: BLE001 - any broker failure means the job is not queued
+        message = f"could not queue the job: {str(exc) or exc.__class__.__name__}"
+        logger.warning("job %s: %s", job_id, message)
+        with session_scope() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+                .values(status=JobStatus.FAILED, error=message, finished_at=utcnow())
+            )
+        raise Unavailable(message) from exc
+
+
+def get_job(session: Session, job_id: str, *, owner: str) -> Job:
+    job = session.scalars(select(Job).where(Job.id == job_id, Job.owner == owner)).one_or_none()
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(
+    session: Session, *, owner: str, status: str | None, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """Newest first, by (created_at, id); the cursor is the last job of the previous page."""
+    query = select(Job).where(Job.owner == owner)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if cursor is not None:
+        created_at, last_id = decode_cursor(cursor)
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(created_at, last_id))
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    jobs = list(session.scalars(query))
+    next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+    return jobs[:limit], next_cursor
+
+
+def encode_cursor(job: Job) -> str:
+    created_at = as_utc(job.created_at)
+    assert created_at is not None
+    raw = f"{created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, job_id = raw.split("|", 1)
+        created_at = as_utc(datetime.fromisoformat(stamp))
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidParameter.one(("query", "cursor"), "invalid cursor", cursor) from None
+    assert created_at is not None
+    return created_at, job_id
+
+
+def cancel_job(session: Session, job_id: str, *, owner: str) -> Job:
+    """A queued job is cancelled at once; a running one is flagged for its worker to stop.
+
+    Each change is a conditional UPDATE on the status just read, so a worker that starts or
+    finishes the job meanwhile is never overwritten: the decision is then taken again.
+    """
+    for _ in range(3):
+        job = get_job(session, job_id, owner=owner)
+        if job.status == JobStatus.CANCELLED:
+            return job  # cancelling twice is not an error
+        if job.status in JobStatus.TERMINAL:
+            raise Conflict(
+                f"job {job_id} has already {job.status}; "
+                "only a queued or running job can be cancelled"
+            )
+        if job.status == JobStatus.QUEUED:
+            changes = {
+                "status": JobStatus.CANCELLED,
+                "cancel_requested": True,
+                "finished_at": utcnow(),
+                "stop": {
+                    "reason": "cancelled",
+                    "rule": None,
+                    "epoch": 0,
+                    "detail": "cancelled while queued, before training started",
+                },
+            }
+        else:
+            changes = {"cancel_requested": True}
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == job.status)
+            .values(**changes)
+            .execution_options(synchronize_session=False)
+        )
+        session.refresh(job)
+        if result.rowcount:  # type: ignore[attr-defined]
+            return job
+    raise Conflict(f"job {job_id} changed state while being cancelled; try again")

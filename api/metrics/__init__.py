@@ -1,0 +1,1 @@
+"""Per-epoch metrics of a job, paged, optionally downsampled."""

@@ -1,0 +1,55 @@
+"""Metrics route."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CurrentOwner, MetricsCacheDep, SessionDep, SettingsDep
+from api.metrics import service
+from api.metrics.schemas import MetricsPage
+
+router = APIRouter(prefix="/v1/jobs", tags=["metrics"])
+
+
+@router.get(
+    "/{job_id}/metrics",
+    response_model=MetricsPage,
+    responses={404: {"description": "No such job"}},
+)
+async def get_metrics(
+    job_id: str,
+    session: SessionDep,
+    owner: CurrentOwner,
+    cache: MetricsCacheDep,
+    settings: SettingsDep,
+    after: Annotated[int, Query(ge=0, description="Return epochs after this one.")] = 0,
+    limit: Annotated[
+        int | None,
+        Query(ge=1, description="Epochs per page: 100 by default, at most the page limit (1000)."),
+    ] = None,
+    max_points: Annotated[
+        int | None,
+        Query(
+            ge=2,
+            description=(
+                "Downsample the page to at most this many epochs, keeping the first and last "
+                "epochs and each bucket's minima and maxima of the losses and the monitored "
+                "metric. Without `limit`, the page is then the largest allowed."
+            ),
+        ),
+    ] = None,
+) -> Response:
+    """Per-epoch metrics in epoch order. Poll with `after=<last epoch seen>` for new ones."""
+    # Async, because a finished job's page is answered from memory without a thread hop;
+    # everything that touches the database runs in the threadpool.
+    size = service.page_size(limit, max_points, settings.metrics_page_limit)
+    page = dict(owner=owner, after=after, limit=size, max_points=max_points)
+    body = service.cached_page(cache, job_id, **page)
+    if body is None:
+        def call():
+            b = service.metrics_page(session, cache, job_id, **page)
+            session.commit()
+            return b
+        body = await run_in_threadpool(call)
+    return Response(content=body, media_type="application/json")

@@ -1,0 +1,45 @@
+"""Sending training tasks to the broker, by name: the API never imports the worker or torch."""
+
+from celery import Celery
+
+from descent.queue import TRAIN_TASK, make_celery
+from descent.settings import Settings
+
+# A broker that is down should fail a submit within about a second, not hang it.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+
+
+class TaskQueue:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._celery: Celery | None = None
+
+    @property
+    def celery(self) -> Celery:
+        # Made on first use, so an API that only reads never opens a broker connection.
+        if self._celery is None:
+            app = make_celery(self._settings)
+            if self._settings.embedded_broker:
+                # kombu's SQLAlchemy transport hands its transport options to create_engine(),
+                # which refuses polling_interval. The API only publishes and never polls, so
+                # its copy of the options goes without it.
+                options = dict(app.conf.broker_transport_options or {})
+                options.pop("polling_interval", None)
+                app.conf.broker_transport_options = options
+            self._celery = app
+        return self._celery
+
+    def send_training(self, job_id: str, queue: str) -> None:
+        self.celery.send_task(
+            TRAIN_TASK, args=[job_id], queue=queue, retry=True, retry_policy=PUBLISH_RETRY_POLICY
+        )
+
+    def close(self) -> None:
+        if self._celery is not None:
+            self._celery.close()
+            self._celery = None

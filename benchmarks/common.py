@@ -1,0 +1,91 @@
+"""Helpers shared by the benchmarks: machine description, throwaway PostgreSQL databases and
+Redis key spaces (made and cleaned up as tests/conftest.py does), percentiles."""
+
+import os
+import platform
+import statistics
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+PG_ADMIN_URL = os.environ.get(
+    "DESCENT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("DESCENT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.system()}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100])."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+@contextmanager
+def postgres_database(prefix: str = "descent_bench") -> Iterator[str]:
+    """A PostgreSQL database of its own, dropped afterwards; yields its URL."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def redis_key_space(prefix: str = "descent-bench") -> Iterator[tuple[str, str]]:
+    """(Redis URL, key prefix) of a key space of its own, deleted afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()
+    key_prefix = f"{prefix}-{uuid.uuid4().hex[:12]}:"
+    try:
+        yield REDIS_URL, key_prefix
+    finally:
+        for key in client.scan_iter(match=f"{key_prefix}*"):
+            client.delete(key)
+        client.close()
+
+
+CONFIG_KEYS = ("DATABASE_URL", "REDIS_URL", "DESCENT_DATABASE_URL", "DESCENT_BROKER_URL")
+
+
+def configure(**env: str) -> None:
+    """Point this process's settings, engines and sessions at the given environment
+    (e.g. DESCENT_DATA_DIR, DATABASE_URL), forgetting the cached ones."""
+    from descent.settings import get_settings
+    from store import db
+
+    for key in CONFIG_KEYS:
+        os.environ.pop(key, None)
+    os.environ.update(env)
+    if db.get_engine.cache_info().currsize:
+        db.get_engine().dispose()
+    db.get_engine.cache_clear()
+    db.get_sessionmaker.cache_clear()
+    get_settings.cache_clear()

@@ -1,0 +1,342 @@
+"""The optimizers of the course text, with its formulas.
+
+Where the text's formula and a torch.optim optimizer compute exactly the same thing, the torch
+one is used (it is tested for the equality); elsewhere a small Optimizer subclass applies the
+text's formula.
+
+Speed: the models here are tiny, so a step costs what its kernel launches cost, not arithmetic
+(a few µs each, even for torch._foreach_* ops on CPU). The custom optimizers therefore keep each
+group's state (momentum, second moment) as one flat vector, concatenate the gradients into one
+flat vector, and do the arithmetic in a handful of single-tensor ops; the per-parameter state
+entries that state_dict() saves are views of those flat buffers.
+
+Conventions shared by the first-order optimizers: `maximize` negates the gradient (θ ← θ + η∇L
+for SGD), and `weight_decay` adds weight_decay·θ to the gradient (coupled), except AdamW, which
+shrinks θ by η·weight_decay·θ outside the adaptive update (decoupled). A parameter of a group
+whose .grad is None counts as having a zero gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from core.spec import JobSpec
+
+Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
+
+
+class _FlatOptimizer(Optimizer):
+    """Base of the first-order optimizers: flat gradient and flat state per parameter group."""
+
+    def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
+        super().__init__(params, defaults)
+        self._flat: dict[tuple[int, str], torch.Tensor] = {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._flat.clear()  # the loaded per-parameter tensors are gathered again on the next step
+
+    def _flat_state(self, index: int, name: str) -> torch.Tensor:
+        """Group `index`'s state `name` as one vector; self.state[p][name] are views of it."""
+        flat = self._flat.get((index, name))
+        if flat is None:
+            params = self.param_groups[index]["params"]
+            flat = torch.cat(
+                [self.state[p].get(name, torch.zeros_like(p)).reshape(-1) for p in params]
+            )
+            for p, view in zip(params, flat.split([p.numel() for p in params]), strict=True):
+                self.state[p][name] = view.view_as(p)
+            self._flat[(index, name)] = flat
+        return flat
+
+    @staticmethod
+    def _flat_grad(group: dict[str, Any]) -> torch.Tensor:
+        """The group's gradient as one vector, negated for maximize, plus coupled weight decay."""
+        params = group["params"]
+        grad = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+        )
+        if group["maximize"]:
+            grad.neg_()
+        if group["weight_decay"] and not group.get("decoupled"):
+            grad.add_(
+                torch.cat([p.detach().reshape(-1) for p in params]), alpha=group["weight_decay"]
+            )
+        return grad
+
+    @staticmethod
+    def _views(flat: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [
+            v.view_as(p)
+            for v, p in zip(flat.split([p.numel() for p in params]), params, strict=True)
+        ]
+
+    def _count_step(self, params: list[torch.Tensor]) -> int:
+        for p in params:
+            self.state[p]["step"] = self.state[p].get("step", 0) + 1
+        return self.state[params[0]]["step"]
+
+
+class SGD(_FlatOptimizer):
+    """SGD with momentum in the text's form: m ← γm + η∇L; θ ← θ − m.
+
+    torch.optim.SGD keeps b ← γb + ∇L and steps θ ← θ − ηb. With a constant η the two are the
+    same (m = ηb), and build_optimizer uses torch's. They differ when η changes: here the
+    momentum carries the learning rates its past gradients were taken with, so a decayed η
+    slows the update gradually; in torch's form the new η rescales the whole buffer at once.
+
+    Nesterov (look-ahead): the text takes the gradient at θ − γm, the point the momentum is
+    about to carry θ to. Storing that look-ahead point φ = θ − γm as the parameters turns it
+    into an update that needs only the gradient at the parameters:
+        m ← γm + η∇L(φ);  φ ← φ − (η∇L(φ) + γm)
+    which is also what torch's nesterov=True computes (with η factored out).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+    ) -> None:
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            maximize=maximize,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for index, group in enumerate(self.param_groups):
+            params, lr, gamma = group["params"], group["lr"], group["momentum"]
+            grad = self._flat_grad(group)
+            if gamma == 0:
+                torch._foreach_add_(params, self._views(grad, params), alpha=-lr)
+                continue
+            m = self._flat_state(index, "momentum_buffer")
+            m.mul_(gamma).add_(grad, alpha=lr)  # m ← γm + η∇L
+            update = grad.mul_(lr).add_(m, alpha=gamma) if group["nesterov"] else m
+            torch._foreach_sub_(params, self._views(update, params))  # θ ← θ − m
+        return loss
+
+
+class RMSprop(_FlatOptimizer):
+    """RMSprop as in the text: v ← γv + (1−γ)∇L²;  θ ← θ − η∇L / √(v + ε).
+
+    torch.optim.RMSprop divides by √v + ε instead (ε outside the root), so it is not used.
+    `alpha` is the text's γ.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 0.001,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for index, group in enumerate(self.param_groups):
+            params, alpha = group["params"], group["alpha"]
+            grad = self._flat_grad(group)
+            v = self._flat_state(index, "square_avg")
+            v.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+            update = grad.div_(v.add(group["eps"]).sqrt_())
+            torch._foreach_add_(params, self._views(update, params), alpha=-group["lr"])
+        return loss
+
+
+class Adam(_FlatOptimizer):
+    """Adam as in the text, with bias correction optional.
+
+        m ← β₁m + (1−β₁)∇L;  v ← β₂v + (1−β₂)∇L²
+        m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ)   (bias_correction=False: m̂ = m, v̂ = v)
+        θ ← θ − η m̂ / √(v̂ + ε)
+
+    torch.optim.Adam divides by √v̂ + ε (ε outside the root), so it is not used. Without bias
+    correction the first steps are tiny (m starts at zero, so m ≈ (1−β₁)∇L) and also differ in
+    direction, since v is even further from its steady value; after a few hundred steps
+    1−βᵗ ≈ 1 and the two coincide. decoupled=True is AdamW: θ ← θ − η·weight_decay·θ before
+    the Adam update, so the decay is not divided by √v̂ like a gradient term would be.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 0.001,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        bias_correction: bool = True,
+        decoupled: bool = False,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            bias_correction=bias_correction,
+            decoupled=decoupled,
+            maximize=maximize,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for index, group in enumerate(self.param_groups):
+            params, lr, (beta1, beta2) = group["params"], group["lr"], group["betas"]
+            grad = self._flat_grad(group)
+            m, v = self._flat_state(index, "exp_avg"), self._flat_state(index, "exp_avg_sq")
+            t = self._count_step(params)
+            if group["decoupled"] and group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+            m.lerp_(grad, 1 - beta1)  # m ← β₁m + (1−β₁)∇L
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            # With c₁ = 1−β₁ᵗ, c₂ = 1−β₂ᵗ:  m̂/√(v̂+ε) = (m/c₁)·√c₂/√(v + ε·c₂), one op fewer
+            # than dividing v by c₂ first.
+            c1, c2 = (1 - beta1**t, 1 - beta2**t) if group["bias_correction"] else (1.0, 1.0)
+            update = m.div(v.add(group["eps"] * c2).sqrt_())
+            torch._foreach_add_(params, self._views(update, params), alpha=-lr * math.sqrt(c2) / c1)
+        return loss
+
+
+class Newton(Optimizer):
+    """Newton's method: θ ← θ − η (H + λI)⁻¹ ∇L with the exact Hessian H of the loss.
+
+    The loss must be given as a pure function of the flattened parameter vector, split into
+    terms whose sum is the loss (e.g. one per chunk of the training set, so that the memory
+    of the forward-over-reverse Hessian stays bounded): step(closure, n_terms) sums the
+    gradient and Hessian of closure(θ, i) for i in range(n_terms). λ (damping) makes an
+    indefinite or singular H invertible and shortens the step; η = 1 is the plain Newton step.
+    The gradient is left in each parameter's .grad, as after backward().
+    """
+
+    def __init__(self, params: Params, lr: float = 1.0, damping: float = 0.0) -> None:
+        super().__init__(params, dict(lr=lr, damping=damping))
+        if len(self.param_groups) != 1:
+            raise ValueError("Newton takes a single parameter group")
+
+    def step(self, closure: Callable[..., torch.Tensor], n_terms: int = 1) -> torch.Tensor:  # type: ignore[override]
+        group = self.param_groups[0]
+        params: list[torch.Tensor] = group["params"]
+        flat = torch.cat([p.detach().reshape(-1) for p in params])
+        grad = torch.zeros_like(flat)
+        hessian = flat.new_zeros(flat.numel(), flat.numel())
+        loss = flat.new_zeros(())
+        for i in range(n_terms):
+
+            def term(theta: torch.Tensor, i: int = i) -> torch.Tensor:
+                return closure(theta, i)
+
+            g, value = torch.func.grad_and_value(term)(flat)
+            grad += g
+            loss += value.detach()
+            hessian += torch.func.hessian(term)(flat)
+        if group["damping"]:
+            hessian.diagonal().add_(group["damping"])
+        delta, info = torch.linalg.solve_ex(hessian, grad)
+        if info.item() != 0:  # singular: take the least-norm solution instead
+            delta = torch.linalg.pinv(hessian, hermitian=True) @ grad
+        with torch.no_grad():
+            offset = 0
+            for p in params:
+                n = p.numel()
+                p.grad = grad[offset : offset + n].view_as(p).clone()
+                p.sub_(delta[offset : offset + n].view_as(p), alpha=group["lr"])
+                offset += n
+        return loss
+
+
+def decayed(parameter: torch.Tensor) -> bool:
+    """Weight matrices and kernels are decayed/penalized; biases and norm scales are not."""
+    return parameter.dim() >= 2
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not weight_decay:
+        return [{"params": params}]
+    return [
+        {"params": [p for p in params if decayed(p)], "weight_decay": weight_decay},
+        {"params": [p for p in params if not decayed(p)], "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(spec: JobSpec, model: nn.Module) -> Optimizer:
+    o = spec.optimizer
+    groups = param_groups(model, spec.regularization.weight_decay)
+    assert o.lr is not None  # filled by the spec's validator
+    if o.name == "sgd":
+        assert o.momentum is not None
+        if o.momentum == 0 or spec.schedule.name == "constant":
+            # Equal to the text's form at a constant lr (see SGD's docstring); foreach is faster.
+            return torch.optim.SGD(
+                groups,
+                lr=o.lr,
+                momentum=o.momentum,
+                nesterov=bool(o.nesterov),
+                maximize=bool(o.maximize),
+                foreach=True,
+            )
+        return SGD(
+            groups,
+            lr=o.lr,
+            momentum=o.momentum,
+            nesterov=bool(o.nesterov),
+            maximize=bool(o.maximize),
+        )
+    if o.name == "rmsprop":
+        assert o.alpha is not None and o.eps is not None
+        return RMSprop(groups, lr=o.lr, alpha=o.alpha, eps=o.eps, maximize=bool(o.maximize))
+    if o.name in ("adam", "adamw"):
+        assert o.betas is not None and o.eps is not None
+        return Adam(
+            groups,
+            lr=o.lr,
+            betas=o.betas,
+            eps=o.eps,
+            bias_correction=bool(o.bias_correction),
+            decoupled=o.name == "adamw",
+            maximize=bool(o.maximize),
+        )
+    if o.name == "newton":
+        return Newton(groups, lr=o.lr, damping=o.damping or 0.0)
+    assert o.history_size is not None and o.max_iter is not None
+    return torch.optim.LBFGS(
+        groups,
+        lr=o.lr,
+        max_iter=o.max_iter,
+        history_size=o.history_size,
+        line_search_fn=None if o.line_search == "none" else "strong_wolfe",
+    )

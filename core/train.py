@@ -1,0 +1,559 @@
+"""The training loop.
+
+Trainer wraps one explicit loop (Trainer.train, readable top to bottom) in a class a worker
+can drive and a test can import: setup() builds everything from the spec, train() runs the
+epochs, save_checkpoint()/load_checkpoint() write and restore the whole state, so a resumed
+run continues exactly where the saved one was.
+
+    result = fit({"dataset": {"name": "digits"}, "training": {"epochs": 5}})
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from os import PathLike
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.checkpoint import (
+    CheckpointFiles,
+    load_state,
+    load_weights,
+    save_state,
+    save_weights,
+    weights_metadata,
+)
+from core.data import Data, load_data
+from core.early_stopping import EarlyStopping
+from core.errors import NonFiniteLoss, TrainingError
+from core.models import build_model
+from core.optim import Newton, build_optimizer, decayed
+from core.results import EpochRecord, FitResult, StopInfo
+from core.schedules import Schedule
+from core.spec import JobSpec
+
+STATE_VERSION = 1
+EVAL_CHUNK = 4096  # rows per forward pass when evaluating
+
+
+class Hooks(Protocol):
+    def should_stop(self) -> bool:
+        """Called every training step; True cancels the job within that step."""
+        ...
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        """Called after each epoch's evaluation and early-stopping bookkeeping, before the
+        loop acts on record.stop; the trainer's state is that of the finished epoch, so
+        trainer.save_checkpoint() here writes a checkpoint a resumed run continues from."""
+        ...
+
+
+class TrainerHooks:
+    """No-op hooks to subclass."""
+
+    def should_stop(self) -> bool:
+        return False
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        return None
+
+
+def _never() -> bool:
+    return False
+
+
+class _Cancelled(Exception):
+    def __init__(self, epoch: int, step: int) -> None:
+        self.epoch, self.step = epoch, step
+
+
+def resolve_device(requested: str | torch.device) -> torch.device:
+    if str(requested) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(
+            "the spec asks for device 'cuda' but no CUDA GPU is available here: use 'auto' or 'cpu'"
+        )
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+
+
+def task_loss(output: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
+    """Mean cross-entropy for classification, mean squared error for regression."""
+    if task == "classification":
+        return F.cross_entropy(output, target)
+    return F.mse_loss(output.squeeze(-1), target)
+
+
+@torch.no_grad()
+def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> dict[str, float]:
+    """Loss (and accuracy for classification) of the model in eval mode on (x, y)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = x.new_zeros((), dtype=torch.float64)
+    correct = x.new_zeros((), dtype=torch.int64)
+    for start in range(0, len(x), EVAL_CHUNK):
+        xb, yb = x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
+        out = model(xb)
+        loss_sum += task_loss(out, yb, task).double() * len(xb)
+        if task == "classification":
+            correct += (out.argmax(1) == yb).sum()
+    model.train(was_training)
+    result = {"loss": (loss_sum / len(x)).item()}
+    if task == "classification":
+        result["accuracy"] = correct.item() / len(x)
+    return result
+
+
+def evaluate(
+    spec: JobSpec | dict[str, Any],
+    model: nn.Module,
+    split: str = "val",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, float]:
+    """The model's metrics on a split of the spec's dataset: {"val_loss": …, "val_accuracy": …}."""
+    spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
+    data = load_data(spec.dataset, images=spec.model.arch == "cnn", device=device, dtype=dtype)
+    x, y = data.split(split)
+    assert spec.task is not None
+    return {f"{split}_{k}": v for k, v in measure(model.to(device, dtype), x, y, spec.task).items()}
+
+
+class Trainer:
+    """One training job: Trainer(spec).setup(), then train(); hooks let a worker watch and cancel.
+
+    dtype is float32 for jobs; tests pass float64 to compare with hand computations.
+    """
+
+    def __init__(
+        self,
+        spec: JobSpec | dict[str, Any],
+        *,
+        device: str | torch.device | None = None,
+        hooks: Hooks | TrainerHooks | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
+        self.device = resolve_device(device if device is not None else self.spec.training.device)
+        self.hooks = hooks if hooks is not None else TrainerHooks()
+        # Hooks may implement either method or both.
+        self._should_stop = getattr(self.hooks, "should_stop", None) or _never
+        self._on_epoch_end = getattr(self.hooks, "on_epoch_end", None)
+        self.dtype = dtype
+        self.epoch = 0  # last completed epoch
+        self.last_value: float | None = None  # monitored value of that epoch
+        self.history: list[EpochRecord] = []
+        self.stop: StopInfo | None = None  # set once a stop rule fired
+        self._is_setup = False
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> Trainer:
+        spec = self.spec
+        seed_everything(spec.training.seed)
+        self.data: Data = load_data(
+            spec.dataset, images=spec.model.arch == "cnn", device=self.device, dtype=self.dtype
+        )
+        self.model = build_model(spec).to(self.device, self.dtype)
+        self.optimizer = build_optimizer(spec, self.model)
+        self.schedule = Schedule(spec)
+        self.early_stopping = EarlyStopping.from_spec(spec.early_stopping)
+        assert spec.task is not None
+        self.task: str = spec.task
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self._penalized = [p for p in self._params if decayed(p)]
+        self._is_setup = True
+        return self
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> FitResult:
+        """Train from the epoch after self.epoch to training.epochs, or until a stop."""
+        if not self._is_setup:
+            self.setup()
+        if self.stop is not None:  # resumed from the checkpoint of an epoch that stopped the run
+            return self._result("succeeded", self.stop, 0)
+        first_epoch = self.epoch + 1
+        for epoch in range(first_epoch, self.spec.training.epochs + 1):
+            start = time.perf_counter()
+            lr = self.schedule.lr(epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.model.train()
+            try:
+                if self.spec.optimizer.name == "newton":
+                    metrics = self._newton_epoch(epoch)
+                elif self.spec.training.full_batch:
+                    metrics = self._full_batch_epoch(epoch)
+                else:
+                    metrics = self._minibatch_epoch(epoch)
+            except _Cancelled as c:
+                detail = f"cancelled during epoch {c.epoch} at step {c.step}"
+                return self._result(
+                    "cancelled",
+                    StopInfo("cancelled", None, self.epoch, detail),
+                    epoch - first_epoch,
+                )
+            metrics.update(self.evaluate("val"))
+            metrics["lr"] = lr
+            metrics["epoch_seconds"] = time.perf_counter() - start
+
+            value = metrics[self.early_stopping.monitor]
+            is_best, stop = self.early_stopping.update(epoch, value)
+            self.schedule.observe(metrics)
+            self.epoch, self.last_value, self.stop = epoch, value, stop
+            es = self.early_stopping
+            record = EpochRecord(
+                epoch,
+                metrics,
+                es.monitor,
+                value,
+                is_best,
+                es.best_epoch,
+                es.best_value,
+                es.wait,
+                stop,
+            )
+            self.history.append(record)
+            if self._on_epoch_end is not None:
+                self._on_epoch_end(self, record)
+            if stop is not None:
+                return self._result("succeeded", stop, epoch - first_epoch + 1)
+        epochs = self.spec.training.epochs
+        done = StopInfo("max_epochs", None, epochs, f"reached the epoch limit ({epochs})")
+        return self._result("succeeded", done, max(0, epochs - first_epoch + 1))
+
+    def _minibatch_epoch(self, epoch: int) -> dict[str, float]:
+        """SGD: one optimizer step per batch of a fresh permutation of the training set."""
+        bs = self.spec.training.batch_size
+        # The epoch's order depends on (seed, epoch) only, so a resumed run sees the same batches.
+        generator = torch.Generator().manual_seed(self.spec.training.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.data.x_train), generator=generator).to(self.device)
+        # Shuffle once per epoch; each batch is then a cheap contiguous slice.
+        x, y = self.data.x_train[order], self.data.y_train[order]
+        starts = self._batch_starts(len(x))
+        n = min(len(x), starts[-1] + bs)  # rows actually used (see _batch_starts)
+        # Per-step values stay on the device: reading them every step would sync the GPU.
+        losses = x.new_zeros(len(starts))
+        penalties = x.new_zeros(len(starts))
+        grad_norms: list[torch.Tensor] = []  # per step, the norms of each parameter's gradient
+        outputs = (
+            x.new_zeros(n, self.data.info.output_size) if self.task == "classification" else None
+        )
+        should_stop = self._should_stop
+        for step, start in enumerate(starts):
+            if should_stop():
+                raise _Cancelled(epoch, step + 1)
+            xb, yb = x[start : start + bs], y[start : start + bs]
+            out = self.model(xb)
+            loss = task_loss(out, yb, self.task)
+            penalty = self._penalty(self._penalized)
+            (loss if penalty is None else loss + penalty).backward()
+            grad_norms.extend(self._clip_gradients())
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            losses[step] = loss.detach()
+            if penalty is not None:
+                penalties[step] = penalty.detach()
+            if outputs is not None:
+                outputs[start : start + bs] = (
+                    out.detach()
+                )  # accuracy is counted once, after the loop
+        self._check_finite(losses, epoch)
+        sizes = torch.tensor([min(bs, n - s) for s in starts], device=self.device, dtype=self.dtype)
+        stats = [
+            (losses * sizes).sum() / n,
+            (penalties * sizes).sum() / n,
+            torch.linalg.vector_norm(torch.stack(grad_norms).view(len(starts), -1), dim=1).mean(),
+            (outputs.argmax(1) == y[:n]).double().mean()
+            if outputs is not None
+            else x.new_zeros(()),
+        ]
+        return self._train_metrics(
+            *torch.stack([v.to(self.dtype) for v in stats]).tolist()
+        )  # the epoch's one sync
+
+    def _full_batch_epoch(self, epoch: int) -> dict[str, float]:
+        """Gradient descent (and L-BFGS): one step per epoch on the gradient of the whole
+        training set, accumulated over batch_size chunks. Metrics are those of the parameters
+        at the start of the epoch (the first evaluation of the closure)."""
+        x, y = self.data.x_train, self.data.y_train
+        starts = self._batch_starts(len(x))
+        bs, n = self.spec.training.batch_size, len(x)
+        first: dict[str, torch.Tensor] = {}
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum = x.new_zeros(())
+            correct = x.new_zeros((), dtype=torch.int64)
+            for start in starts:
+                if self._should_stop():
+                    raise _Cancelled(epoch, 1)
+                xb, yb = x[start : start + bs], y[start : start + bs]
+                out = self.model(xb)
+                loss = task_loss(out, yb, self.task) * (
+                    len(xb) / n
+                )  # chunk-weighted: sums to the mean
+                loss.backward()
+                loss_sum += loss.detach()
+                if self.task == "classification":
+                    correct += (out.argmax(1) == yb).sum()
+            objective = loss_sum
+            penalty = self._penalty(self._penalized)
+            if penalty is not None:
+                penalty.backward()
+                objective = loss_sum + penalty.detach()
+            if not first:
+                first.update(loss=loss_sum, correct=correct, grad_norm=self._grad_norm())
+                first["penalty"] = penalty.detach() if penalty is not None else x.new_zeros(())
+            return objective
+
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            self.optimizer.step(closure)
+        else:
+            closure()
+            self._clip_gradients()
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = first["loss"].reshape(1)
+        self._check_finite(losses, epoch)
+        used = sum(min(bs, n - s) for s in starts)
+        stats = torch.stack(
+            [first["loss"], first["penalty"], first["grad_norm"], first["correct"] / used]
+        )
+        return self._train_metrics(*stats.tolist())
+
+    def _newton_epoch(self, epoch: int) -> dict[str, float]:
+        """Newton's method: one step with the exact Hessian of the full training loss.
+
+        The loss is written as a pure function of the flat parameter vector (torch.func
+        differentiates it twice), one term per chunk of the training set plus the penalty.
+        """
+        assert isinstance(self.optimizer, Newton)
+        x, y = self.data.x_train, self.data.y_train
+        starts = self._batch_starts(len(x))
+        bs, n = self.spec.training.batch_size, len(x)
+        names = [name for name, p in self.model.named_parameters() if p.requires_grad]
+        shapes = [p.shape for p in self._params]
+        numels = [p.numel() for p in self._params]
+        penalized = [i for i, p in enumerate(self._params) if decayed(p)]
+        has_penalty = self._penalty(self._penalized) is not None
+
+        def term(flat: torch.Tensor, i: int) -> torch.Tensor:
+            if self._should_stop():
+                raise _Cancelled(epoch, 1)
+            tensors = [t.view(s) for t, s in zip(torch.split(flat, numels), shapes, strict=True)]
+            if i == len(starts):
+                penalty = self._penalty([tensors[j] for j in penalized])
+                assert penalty is not None
+                return penalty
+            xb, yb = x[starts[i] : starts[i] + bs], y[starts[i] : starts[i] + bs]
+            out = torch.func.functional_call(
+                self.model, dict(zip(names, tensors, strict=True)), (xb,)
+            )
+            return task_loss(out, yb, self.task) * (len(xb) / n)
+
+        before = measure(self.model, x, y, self.task)  # deterministic model: eval mode = train mode
+        penalty = self._penalty(self._penalized)
+        objective = self.optimizer.step(term, n_terms=len(starts) + int(has_penalty))
+        self._check_finite(objective.reshape(1), epoch)
+        metrics = self._train_metrics(
+            before["loss"],
+            float(penalty.detach()) if penalty is not None else 0.0,
+            float(self._grad_norm()),
+            before.get("accuracy", 0.0),
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        return metrics
+
+    # ------------------------------------------------------------------ pieces of the loop
+
+    def _batch_starts(self, n: int) -> list[int]:
+        starts = list(range(0, n, self.spec.training.batch_size))
+        if self.spec.model.norm == "batch" and len(starts) > 1 and n - starts[-1] == 1:
+            starts.pop()  # a last batch of one row has no batch statistics: skip it
+        return starts
+
+    def _penalty(self, weights: list[torch.Tensor]) -> torch.Tensor | None:
+        """l1·Σ|w| + (l2/2)·Σw² over weight matrices and kernels, or None when both are 0."""
+        reg = self.spec.regularization
+        if not (reg.l1 or reg.l2):
+            return None
+        total = torch.zeros((), device=self.device, dtype=self.dtype)
+        if reg.l1:
+            total = total + reg.l1 * sum(w.abs().sum() for w in weights)
+        if reg.l2:
+            total = total + (reg.l2 / 2) * sum(w.pow(2).sum() for w in weights)
+        return total
+
+    def _grad_norms(self) -> list[torch.Tensor]:
+        """The norm of each parameter's gradient (0-d tensors, one kernel for all)."""
+        return torch._foreach_norm(
+            [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
+        )
+
+    def _grad_norm(self) -> torch.Tensor:
+        return torch.linalg.vector_norm(torch.stack(self._grad_norms()))
+
+    def _clip_gradients(self) -> list[torch.Tensor]:
+        """Clip by norm and/or value; return each parameter's gradient norm from before clipping."""
+        reg = self.spec.regularization
+        norms = self._grad_norms()
+        if reg.grad_clip_norm is not None:
+            total = torch.linalg.vector_norm(torch.stack(norms))
+            torch.nn.utils.clip_grads_with_norm_(
+                self._params, reg.grad_clip_norm, total, foreach=True
+            )
+        if reg.grad_clip_value is not None:
+            torch.nn.utils.clip_grad_value_(self._params, reg.grad_clip_value, foreach=True)
+        return norms
+
+    def _check_finite(self, losses: torch.Tensor, epoch: int) -> None:
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            step = int((~finite).nonzero()[0, 0])
+            raise NonFiniteLoss(float(losses[step]), epoch, step + 1)
+
+    def _train_metrics(
+        self, loss: float, penalty: float, grad_norm: float, accuracy: float
+    ) -> dict[str, float]:
+        metrics = {"train_loss": loss}
+        if self.task == "classification":
+            metrics["train_accuracy"] = accuracy
+        reg = self.spec.regularization
+        if reg.l1 or reg.l2:
+            metrics["penalty"] = penalty  # train_loss + penalty is the objective minimized
+        metrics["grad_norm"] = grad_norm
+        return metrics
+
+    def _result(self, status: str, stop: StopInfo, epochs_run: int) -> FitResult:
+        es = self.early_stopping
+        return FitResult(
+            status=status,  # type: ignore[arg-type]
+            stop=stop,
+            monitor=es.monitor,
+            mode=es.mode,
+            best_epoch=es.best_epoch,
+            best_value=es.best_value if es.best_epoch else None,
+            last_epoch=self.epoch,
+            last_value=self.last_value,
+            epochs_run=epochs_run,
+            history=list(self.history),
+        )
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, split: str = "val") -> dict[str, float]:
+        """{"<split>_loss": …, "<split>_accuracy": …} of the current model in eval mode."""
+        if not self._is_setup:
+            self.setup()
+        x, y = self.data.split(split)
+        return {f"{split}_{k}": v for k, v in measure(self.model, x, y, self.task).items()}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, directory: str | PathLike[str], stem: str) -> CheckpointFiles:
+        """Write <stem>.safetensors (weights) and <stem>.state.pt (resume state) atomically."""
+        directory = Path(directory)
+        weights_path = directory / f"{stem}.safetensors"
+        state_path = directory / f"{stem}.state.pt"
+        value = self.last_value if self.last_value is not None else math.nan
+        metadata = weights_metadata(self.spec, self.epoch, self.early_stopping.monitor, value)
+        size, sha256 = save_weights(self.model, weights_path, metadata)
+        save_state(self._state_dict(), state_path)
+        return CheckpointFiles(weights_path, state_path, size, sha256)
+
+    def load_checkpoint(
+        self, state_path: str | PathLike[str], weights_path: str | PathLike[str]
+    ) -> None:
+        """Restore a saved run; train() then continues with the next epoch."""
+        if not self._is_setup:
+            self.setup()
+        state = load_state(state_path)
+        if state.get("version") != STATE_VERSION:
+            raise TrainingError(
+                f"{state_path}: unknown resume state version {state.get('version')!r}"
+            )
+        if state["spec_hash"] != self.spec.spec_hash():
+            raise TrainingError(
+                f"{state_path} was written for a different spec (hash {state['spec_hash'][:12]}…)"
+            )
+        load_weights(self.model, weights_path, self.device)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.early_stopping.load_state_dict(state["early_stopping"])
+        self.epoch, self.last_value = state["epoch"], state["last_value"]
+        self.stop = StopInfo.from_dict(state["stop"]) if state["stop"] else None
+        _set_rng_state(state["rng"])
+
+    def _state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "spec_hash": self.spec.spec_hash(),
+            "epoch": self.epoch,
+            "last_value": self.last_value,
+            "stop": self.stop.to_dict() if self.stop else None,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "early_stopping": self.early_stopping.state_dict(),
+            "rng": _rng_state(),
+        }
+
+
+def fit(
+    spec: JobSpec | dict[str, Any],
+    *,
+    device: str | torch.device | None = None,
+    hooks: Hooks | TrainerHooks | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> FitResult:
+    """Train a spec from scratch: Trainer(spec, ...).setup().train()."""
+    return Trainer(spec, device=device, hooks=hooks, dtype=dtype).setup().train()
+
+
+# RNG states as tensors and plain values, so torch.load(weights_only=True) can read them back.
+def _rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if (
+        state["cuda"]
+        and torch.cuda.is_available()
+        and len(state["cuda"]) == torch.cuda.device_count()
+    ):
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = state["numpy"]
+    keys = np_state["keys"].numpy().astype(np.uint32)
+    np.random.set_state(
+        (np_state["name"], keys, np_state["pos"], np_state["has_gauss"], np_state["cached"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
