@@ -10,6 +10,9 @@ from api.metrics.cache import MetricsCache
 from api.queue import TaskQueue
 from descent.settings import Settings, get_settings
 
+# The dependencies below are async because they do no I/O: FastAPI runs a plain `def`
+# dependency in the threadpool, a hop every request would pay for nothing.
+
 
 async def current_owner() -> str:
     """Who is asking. Every job lookup is scoped to this owner.

@@ -1,7 +1,8 @@
 """Request body size limit.
 
-A declared Content-Length over the limit is refused before anything is read; a body sent
-without one (chunked) is counted as it streams and refused as soon as it passes the limit.
+A declared Content-Length over the limit is refused before anything is read; the body is
+also counted as it streams (a chunked body declares no length) and refused as soon as it
+passes the limit.
 """
 
 from fastapi.responses import JSONResponse
@@ -24,9 +25,13 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
-        declared = _content_length(scope)
+        declared, chunked = _body_headers(scope)
         if declared is not None and declared > limit:
             await self._refuse(scope, receive, send, BodyTooLarge(limit))
+            return
+        if declared is None and not chunked:
+            # No body (a GET): nothing to count, and no wrapping on the hot read paths.
+            await self.app(scope, receive, send)
             return
 
         received = 0
@@ -65,11 +70,15 @@ class BodySizeLimitMiddleware:
         await response(scope, receive, send)
 
 
-def _content_length(scope: Scope) -> int | None:
+def _body_headers(scope: Scope) -> tuple[int | None, bool]:
+    """(declared Content-Length, whether the body is sent chunked)."""
+    length, chunked = None, False
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:
-                return int(value)
+                length = int(value)
             except ValueError:
-                return None
-    return None
+                length = None
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length, chunked

@@ -1,5 +1,7 @@
 """Sending training tasks to the broker, by name: the API never imports the worker or torch."""
 
+import threading
+
 from celery import Celery
 
 from descent.queue import TRAIN_TASK, make_celery
@@ -18,21 +20,15 @@ class TaskQueue:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._celery: Celery | None = None
+        self._lock = threading.Lock()
 
     @property
     def celery(self) -> Celery:
         # Made on first use, so an API that only reads never opens a broker connection.
-        if self._celery is None:
-            app = make_celery(self._settings)
-            if self._settings.embedded_broker:
-                # kombu's SQLAlchemy transport hands its transport options to create_engine(),
-                # which refuses polling_interval. The API only publishes and never polls, so
-                # its copy of the options goes without it.
-                options = dict(app.conf.broker_transport_options or {})
-                options.pop("polling_interval", None)
-                app.conf.broker_transport_options = options
-            self._celery = app
-        return self._celery
+        with self._lock:
+            if self._celery is None:
+                self._celery = make_celery(self._settings)
+            return self._celery
 
     def send_training(self, job_id: str, queue: str) -> None:
         self.celery.send_task(
@@ -40,6 +36,7 @@ class TaskQueue:
         )
 
     def close(self) -> None:
-        if self._celery is not None:
-            self._celery.close()
-            self._celery = None
+        with self._lock:
+            if self._celery is not None:
+                self._celery.close()
+                self._celery = None

@@ -25,9 +25,7 @@ def list_checkpoints(job_id: str, session: SessionDep, owner: CurrentOwner) -> C
     return CheckpointsPublic(items=service.list_checkpoints(session, job_id, owner=owner))
 
 
-@router.get(
-    "/v1/jobs/{job_id}/checkpoints/best", response_class=FileResponse, responses=DOWNLOAD
-)
+@router.get("/v1/jobs/{job_id}/checkpoints/best", response_class=FileResponse, responses=DOWNLOAD)
 def download_best(
     job_id: str, request: Request, session: SessionDep, owner: CurrentOwner
 ) -> Response:

@@ -10,8 +10,8 @@ while the row still says the same:
   and for at most ``running_max_age`` seconds, which bounds staleness even for a writer
   that added metric rows before updating the job;
 - a page of a finished job cannot change any more; it is served without touching the
-  database, re-checked against the row at most every ``final_recheck`` seconds (so a job
-  that is deleted or re-run is noticed within that time).
+  database, and one request re-checks the row every ``final_recheck`` seconds (so a job
+  that is deleted or re-run is noticed within about that time).
 """
 
 import threading
@@ -59,13 +59,23 @@ class MetricsCache:
             return lock
 
     def fresh(self, key: Hashable) -> bytes | None:
-        """A finished job's page checked against its row less than ``final_recheck`` ago."""
+        """A finished job's page checked against its row less than ``final_recheck`` ago.
+
+        When the check is due, the first caller gets None (and checks the row through
+        ``get``); callers meanwhile keep getting the page, rather than all of them queueing
+        for the database at once.
+        """
         entry = self._entries.get(key)
         if entry is None or not entry.final:
             return None
-        if time.monotonic() - entry.checked_at >= self.final_recheck:
+        now = time.monotonic()
+        if now - entry.checked_at < self.final_recheck:
+            return entry.body
+        with self._lock:
+            if now - entry.checked_at < self.final_recheck:
+                return entry.body  # another caller took the check
+            entry.checked_at = now
             return None
-        return entry.body
 
     def get(self, key: Hashable, version: Hashable) -> bytes | None:
         """The page stored under ``key`` if the job's row still has this ``version``."""
@@ -92,6 +102,10 @@ class MetricsCache:
             self._bytes += len(body)
             while self._bytes > self.max_bytes:
                 self._drop(next(iter(self._entries)))
+
+    def discard(self, key: Hashable) -> None:
+        with self._lock:
+            self._drop(key)
 
     def clear(self) -> None:
         with self._lock:

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentOwner, MetricsCacheDep, SessionDep, SettingsDep
+from api.deps import CurrentOwner, MetricsCacheDep
 from api.metrics import service
 from api.metrics.schemas import MetricsPage
 
@@ -19,10 +19,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["metrics"])
 )
 async def get_metrics(
     job_id: str,
-    session: SessionDep,
     owner: CurrentOwner,
     cache: MetricsCacheDep,
-    settings: SettingsDep,
     after: Annotated[int, Query(ge=0, description="Return epochs after this one.")] = 0,
     limit: Annotated[
         int | None,
@@ -41,15 +39,21 @@ async def get_metrics(
     ] = None,
 ) -> Response:
     """Per-epoch metrics in epoch order. Poll with `after=<last epoch seen>` for new ones."""
-    # Async, because a finished job's page is answered from memory without a thread hop;
-    # everything that touches the database runs in the threadpool.
-    size = service.page_size(limit, max_points, settings.metrics_page_limit)
-    page = dict(owner=owner, after=after, limit=size, max_points=max_points)
-    body = service.cached_page(cache, job_id, **page)
+    # Every client polls this route, so it is async and takes no SessionDep: a finished
+    # job's page comes from memory with no session and no thread hop; anything else is
+    # read by the service in the threadpool, in a read-only session of its own.
+    size = service.page_size(limit, max_points)
+    body = service.cached_page(
+        cache, job_id, owner=owner, after=after, limit=size, max_points=max_points
+    )
     if body is None:
-        def call():
-            b = service.metrics_page(session, cache, job_id, **page)
-            session.commit()
-            return b
-        body = await run_in_threadpool(call)
+        body = await run_in_threadpool(
+            service.metrics_page,
+            cache,
+            job_id,
+            owner=owner,
+            after=after,
+            limit=size,
+            max_points=max_points,
+        )
     return Response(content=body, media_type="application/json")

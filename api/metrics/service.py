@@ -3,6 +3,8 @@
 This is the endpoint clients poll, so it stays lean: one range query over the metrics
 table's (job_id, epoch, step, name) index, records built as plain dicts, JSON written once,
 and the written page reused while the job's row says nothing has changed (see cache.py).
+A finished job's page is answered from memory, without a session or a thread; otherwise the
+page is read in the threadpool in a short read-only session of its own.
 """
 
 import json
@@ -16,13 +18,16 @@ from sqlalchemy.orm import Session
 from api.errors import InvalidParameter, NotFound
 from api.metrics.cache import MetricsCache
 from api.metrics.downsample import Record, downsample, key_metrics
+from descent.settings import get_settings
+from store.db import session_scope
 from store.models import Job, JobStatus, Metric
 
 DEFAULT_LIMIT = 100
 
 
-def page_size(limit: int | None, max_points: int | None, page_limit: int) -> int:
+def page_size(limit: int | None, max_points: int | None) -> int:
     """The number of epochs a page covers."""
+    page_limit = get_settings().metrics_page_limit
     if limit is None:
         # A downsampled view is for plotting a whole history: take the largest page.
         return page_limit if max_points is not None else min(DEFAULT_LIMIT, page_limit)
@@ -45,7 +50,6 @@ def cached_page(
 
 
 def metrics_page(
-    session: Session,
     cache: MetricsCache,
     job_id: str,
     *,
@@ -54,15 +58,32 @@ def metrics_page(
     limit: int,
     max_points: int | None,
 ) -> bytes:
-    """The JSON body ``{"items": [...], "next": epoch | null}``, ready to send."""
+    """The JSON body ``{"items": [...], "next": epoch | null}``, ready to send.
+
+    Blocking: call it in the threadpool. It only reads, so it needs no request transaction.
+    """
+    with session_scope() as session:
+        return _metrics_page(session, cache, job_id, owner, after, limit, max_points)
+
+
+def _metrics_page(
+    session: Session,
+    cache: MetricsCache,
+    job_id: str,
+    owner: str,
+    after: int,
+    limit: int,
+    max_points: int | None,
+) -> bytes:
     job = session.execute(
         select(Job.status, Job.epoch, Job.attempt, Job.monitor).where(
             Job.id == job_id, Job.owner == owner
         )
     ).one_or_none()
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
     key = _key(job_id, owner, after, limit, max_points)
+    if job is None:
+        cache.discard(key)
+        raise NotFound(f"job {job_id} not found")
     version = (job.status, job.epoch, job.attempt)
     body = cache.get(key, version)
     if body is not None:

@@ -21,7 +21,14 @@ def test_listing_marks_the_best_and_the_last(client: TestClient) -> None:
     assert [c["is_best"] for c in items] == [False, True, False]
     assert [c["is_last"] for c in items] == [False, False, True]
     assert set(items[0]) == {
-        "id", "epoch", "value", "bytes", "sha256", "is_best", "is_last", "created_at"
+        "id",
+        "epoch",
+        "value",
+        "bytes",
+        "sha256",
+        "is_best",
+        "is_last",
+        "created_at",
     }
     assert items[1]["value"] == 0.3
     assert client.get(f"/v1/jobs/{make_job()}/checkpoints").json() == {"items": []}

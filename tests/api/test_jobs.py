@@ -20,8 +20,7 @@ def queued_messages(settings: Settings) -> list[dict[str, Any]]:
     """The messages waiting in the embedded broker (no worker runs in these tests)."""
     with sqlite3.connect(settings.data_dir / "broker.db") as conn:
         rows = conn.execute(
-            "SELECT q.name, m.payload FROM kombu_message m JOIN kombu_queue q"
-            " ON m.queue_id = q.id"
+            "SELECT q.name, m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id"
         ).fetchall()
     return [{"queue": queue, **json.loads(payload)} for queue, payload in rows]
 
@@ -35,7 +34,11 @@ def test_submit_stores_a_queued_job_and_sends_it(client: TestClient, db_env: Set
     assert job["queue"] == "cpu"
     assert job["epoch"] == 0 and job["attempt"] == 0 and job["cancel_requested"] is False
     assert job["best"] == {
-        "epoch": None, "metric": "val_loss", "mode": "min", "value": None, "checkpoint_id": None
+        "epoch": None,
+        "metric": "val_loss",
+        "mode": "min",
+        "value": None,
+        "checkpoint_id": None,
     }
     assert job["last"] == {"epoch": 0, "value": None}
     assert job["stop"] is None and job["error"] is None and job["diagnosis"] is None
@@ -53,9 +56,7 @@ def test_submit_stores_a_queued_job_and_sends_it(client: TestClient, db_env: Set
 
 
 def test_cuda_jobs_go_to_the_gpu_queue(sqlite_client: TestClient, sqlite_env: Settings) -> None:
-    job = sqlite_client.post(
-        "/v1/jobs", json=spec(training={"epochs": 3, "device": "cuda"})
-    ).json()
+    job = sqlite_client.post("/v1/jobs", json=spec(training={"epochs": 3, "device": "cuda"})).json()
     assert job["queue"] == "gpu"
     assert [m["queue"] for m in queued_messages(sqlite_env)] == ["gpu"]
 
@@ -238,7 +239,11 @@ def test_job_json_carries_progress_and_is_strict_json(client: TestClient, db_env
     response = client.get(f"/v1/jobs/{job_id}")
     job = json.loads(response.text, parse_constant=pytest.fail)
     assert job["best"] == {
-        "epoch": 5, "metric": "val_loss", "mode": "min", "value": 0.25, "checkpoint_id": "c" * 32
+        "epoch": 5,
+        "metric": "val_loss",
+        "mode": "min",
+        "value": 0.25,
+        "checkpoint_id": "c" * 32,
     }
     assert job["last"] == {"epoch": 7, "value": None}
     assert job["stop"]["rule"] == "patience"
@@ -278,3 +283,68 @@ def test_cancel_a_finished_job_is_409(client: TestClient, status: str) -> None:
     assert response.status_code == 409
     assert status in response.json()["detail"]
     assert client.get(f"/v1/jobs/{job_id}").json()["status"] == status
+
+
+def test_the_job_is_committed_before_it_is_sent(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.queue import TaskQueue
+
+    seen: list[str | None] = []
+
+    def send_training(self: TaskQueue, job_id: str, queue: str) -> None:
+        with session_scope() as session:  # another connection: sees committed rows only
+            job = session.get(Job, job_id)
+            seen.append(job.status if job else None)
+
+    monkeypatch.setattr(TaskQueue, "send_training", send_training)
+    assert client.post("/v1/jobs", json=SPEC).status_code == 201
+    assert seen == ["queued"]
+
+
+def test_nothing_is_stored_or_sent_when_the_request_fails(
+    sqlite_client: TestClient, sqlite_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.jobs import routes
+
+    def broken(job: Job) -> None:
+        raise RuntimeError("after the insert, before the commit")
+
+    monkeypatch.setattr(routes.JobPublic, "from_row", broken)
+    response = sqlite_client.post("/v1/jobs", json=SPEC)
+    assert response.status_code == 500
+    assert count_jobs() == 0
+    assert not (sqlite_env.data_dir / "broker.db").exists() or not queued_messages(sqlite_env)
+
+
+def test_a_body_that_is_not_json_is_422(sqlite_client: TestClient) -> None:
+    response = sqlite_client.post(
+        "/v1/jobs", content=json.dumps(SPEC), headers={"content-type": "text/plain"}
+    )
+    assert response.status_code == 422
+    assert count_jobs() == 0
+
+
+def test_validation_errors_are_made_json_safe() -> None:
+    from api.errors import clean_validation_errors
+
+    [error] = clean_validation_errors(
+        [
+            {
+                "type": "value_error",
+                "loc": ("body", "optimizer", 0),
+                "msg": "Value error, bad",
+                "input": float("nan"),
+                "ctx": {"error": ValueError("bad"), "limit": float("inf")},
+                "url": "https://errors.pydantic.dev",
+            }
+        ]
+    )
+    assert error == {
+        "type": "value_error",
+        "loc": ["body", "optimizer", 0],
+        "msg": "Value error, bad",
+        "input": None,
+        "ctx": {"error": "bad", "limit": None},
+    }
+    json.dumps(error, allow_nan=False)
