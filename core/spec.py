@@ -32,7 +32,7 @@ NEWTON_MAX_PARAMETERS = 5_000
 # Max pooling halves the 8x8 digit images per conv block: three blocks reach 1x1.
 CNN_MAX_BLOCKS = 3
 
-PositiveInt = Annotated[int, Field(ge=1)]
+Width = Annotated[int, Field(ge=1, le=16_384)]  # a layer's units or channels
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
@@ -119,10 +119,9 @@ class DatasetSpec(_Strict):
 
 class ModelSpec(_Strict):
     arch: Literal["mlp", "cnn"] = "mlp"
-    hidden: list[PositiveInt] = Field(
-        default_factory=lambda: [64], max_length=16
-    )  # MLP layer sizes
-    channels: list[PositiveInt] = Field(
+    # MLP: the hidden layers' widths ([] is a linear model); CNN: the conv blocks' channels.
+    hidden: list[Width] = Field(default_factory=lambda: [64], max_length=16)
+    channels: list[Width] = Field(
         default_factory=lambda: [16, 32], min_length=1, max_length=CNN_MAX_BLOCKS
     )
     activation: Activation = "relu"

@@ -218,15 +218,15 @@ class Trainer:
             self.epoch, self.last_value, self.stop = epoch, value, stop
             es = self.early_stopping
             record = EpochRecord(
-                epoch,
-                metrics,
-                es.monitor,
-                value,
-                is_best,
-                es.best_epoch,
-                es.best_value,
-                es.wait,
-                stop,
+                epoch=epoch,
+                metrics=metrics,
+                monitor=es.monitor,
+                value=value,
+                is_best=is_best,
+                best_epoch=es.best_epoch,
+                best_value=es.best_value,
+                wait=es.wait,
+                stop=stop,
             )
             self.history.append(record)
             if self._on_epoch_end is not None:
@@ -246,14 +246,9 @@ class Trainer:
         # Shuffle once per epoch; each batch is then a cheap contiguous slice.
         x, y = self.data.x_train[order], self.data.y_train[order]
         starts = self._batch_starts(len(x))
-        n = min(len(x), starts[-1] + bs)  # rows actually used (see _batch_starts)
-        # Per-step values stay on the device: reading them every step would sync the GPU.
-        losses = x.new_zeros(len(starts))
-        penalties = x.new_zeros(len(starts))
-        grad_norms: list[torch.Tensor] = []  # per step, the norms of each parameter's gradient
-        outputs = (
-            x.new_zeros(n, self.data.info.output_size) if self.task == "classification" else None
-        )
+        # Per-step values stay on the device until the epoch ends: reading one every step
+        # (.item()) would make the CPU wait for the GPU at every step.
+        losses, penalties, outputs, grad_norms = [], [], [], []
         should_stop = self._should_stop
         for step, start in enumerate(starts):
             if should_stop():
@@ -263,29 +258,32 @@ class Trainer:
             loss = task_loss(out, yb, self.task)
             penalty = self._penalty(self._penalized)
             (loss if penalty is None else loss + penalty).backward()
-            grad_norms.extend(self._clip_gradients())
+            grad_norms.append(self._clip_gradients())
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            losses[step] = loss.detach()
+            losses.append(loss.detach())
+            outputs.append(out.detach())  # for the accuracy, counted once after the loop
             if penalty is not None:
-                penalties[step] = penalty.detach()
-            if outputs is not None:
-                outputs[start : start + bs] = (
-                    out.detach()
-                )  # accuracy is counted once, after the loop
-        self._check_finite(losses, epoch)
-        sizes = torch.tensor([min(bs, n - s) for s in starts], device=self.device, dtype=self.dtype)
+                penalties.append(penalty.detach())
+
+        step_losses = torch.stack(losses)
+        self._check_finite(step_losses, epoch)
+        sizes = torch.tensor([len(o) for o in outputs], device=self.device, dtype=self.dtype)
+        n = sum(len(o) for o in outputs)  # rows used (see _batch_starts)
+        zero = x.new_zeros(())
         stats = [
-            (losses * sizes).sum() / n,
-            (penalties * sizes).sum() / n,
-            torch.linalg.vector_norm(torch.stack(grad_norms).view(len(starts), -1), dim=1).mean(),
-            (outputs.argmax(1) == y[:n]).double().mean()
-            if outputs is not None
-            else x.new_zeros(()),
+            (step_losses * sizes).sum() / n,
+            (torch.stack(penalties) * sizes).sum() / n if penalties else zero,
+            # Mean over the steps of the whole gradient's norm (before clipping).
+            torch.linalg.vector_norm(
+                torch.stack([norm for step in grad_norms for norm in step]).view(len(losses), -1),
+                dim=1,
+            ).mean(),
+            (torch.cat(outputs).argmax(1) == y[:n]).to(self.dtype).mean()
+            if self.task == "classification"
+            else zero,
         ]
-        return self._train_metrics(
-            *torch.stack([v.to(self.dtype) for v in stats]).tolist()
-        )  # the epoch's one sync
+        return self._train_metrics(*torch.stack(stats).tolist())  # the epoch's one sync point
 
     def _full_batch_epoch(self, epoch: int) -> dict[str, float]:
         """Gradient descent (and L-BFGS): one step per epoch on the gradient of the whole
@@ -305,9 +303,8 @@ class Trainer:
                     raise _Cancelled(epoch, 1)
                 xb, yb = x[start : start + bs], y[start : start + bs]
                 out = self.model(xb)
-                loss = task_loss(out, yb, self.task) * (
-                    len(xb) / n
-                )  # chunk-weighted: sums to the mean
+                # Each chunk weighs by its share of the rows: the chunks sum to the mean.
+                loss = task_loss(out, yb, self.task) * (len(xb) / n)
                 loss.backward()
                 loss_sum += loss.detach()
                 if self.task == "classification":
@@ -351,7 +348,7 @@ class Trainer:
         shapes = [p.shape for p in self._params]
         numels = [p.numel() for p in self._params]
         penalized = [i for i, p in enumerate(self._params) if decayed(p)]
-        has_penalty = self._penalty(self._penalized) is not None
+        penalty = self._penalty(self._penalized)
 
         def term(flat: torch.Tensor, i: int) -> torch.Tensor:
             if self._should_stop():
@@ -368,8 +365,7 @@ class Trainer:
             return task_loss(out, yb, self.task) * (len(xb) / n)
 
         before = measure(self.model, x, y, self.task)  # deterministic model: eval mode = train mode
-        penalty = self._penalty(self._penalized)
-        objective = self.optimizer.step(term, n_terms=len(starts) + int(has_penalty))
+        objective = self.optimizer.step(term, n_terms=len(starts) + (penalty is not None))
         self._check_finite(objective.reshape(1), epoch)
         metrics = self._train_metrics(
             before["loss"],

@@ -47,9 +47,10 @@ def pre_activation_variances(init: str, depth: int = 12, width: int = 256) -> li
 def test_kaiming_keeps_activation_variance_through_a_deep_relu_mlp() -> None:
     kaiming = pre_activation_variances("kaiming_normal")
     assert 0.5 < kaiming[-1] / kaiming[0] < 2.0, kaiming
-    # For contrast: PyTorch's default (Var w = 1/(3 n_in)) shrinks it ~6x per ReLU layer.
+    # For contrast: PyTorch's default (Var w = 1/(3 n_in)) shrinks it ~6x per ReLU layer,
+    # down to the floor its random biases set.
     default = pre_activation_variances("default")
-    assert default[-1] / default[0] < 1e-6
+    assert default[-1] / default[0] < 0.01
 
 
 def test_xavier_weight_variance() -> None:
@@ -59,9 +60,9 @@ def test_xavier_weight_variance() -> None:
     from core.models import initialize
 
     initialize(model, spec)
-    w = model.body[0].weight
+    w = model.body[0].weight.detach()
     assert abs(float(w.var()) / (2 / (600 + 400)) - 1) < 0.05
-    assert float(model.body[0].bias.abs().max()) == 0.0
+    assert float(model.body[0].bias.detach().abs().max()) == 0.0
 
 
 def test_constant_init_keeps_hidden_units_identical_after_training() -> None:
