@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from core.diagnosis import diagnose
 from core.errors import NonFiniteLoss, TrainingError
 from core.results import EpochRecord, FitResult, StopInfo
 from core.spec import JobSpec
@@ -38,6 +39,7 @@ __all__ = [
     "TrainerHooks",
     "TrainingError",
     "build_model",
+    "diagnose",
     "evaluate",
     "fit",
     "load_data",

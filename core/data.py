@@ -29,6 +29,11 @@ class Data:
     std: np.ndarray
     target_mean: float = 0.0  # regression targets are standardized too; 0/1 otherwise
     target_std: float = 1.0
+    # Validation samples whose inputs equal a training sample's: leakage (see shared_samples).
+    shared_samples: int = 0
+    # Share of the most frequent class in the training split: the accuracy of always
+    # predicting it. None for regression.
+    majority_baseline: float | None = None
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name == "train":
@@ -62,6 +67,25 @@ def raw_arrays(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
     return bunch.data, bunch.target
 
 
+def shared_samples(x_train: np.ndarray, x_val: np.ndarray) -> int:
+    """How many validation rows have exactly the inputs of some training row.
+
+    A model scores these from memory, so they make the validation loss look better than the
+    model generalizes (leakage). Rows compare by their bytes, in one pass of hashing.
+    """
+    x_train = np.ascontiguousarray(x_train, dtype=np.float64).reshape(len(x_train), -1)
+    x_val = np.ascontiguousarray(x_val, dtype=np.float64).reshape(len(x_val), -1)
+    x_train, x_val = x_train + 0.0, x_val + 0.0  # -0.0 → 0.0, so equal values hash equal
+    seen = {row.tobytes() for row in x_train}
+    return sum(row.tobytes() in seen for row in x_val)
+
+
+def majority_baseline(y_train: np.ndarray) -> float:
+    """The accuracy of always predicting the most frequent training class."""
+    _, counts = np.unique(y_train, return_counts=True)
+    return float(counts.max() / counts.sum())
+
+
 def load_data(
     spec: DatasetSpec,
     *,
@@ -84,6 +108,8 @@ def load_data(
         random_state=spec.seed,
         stratify=y if classification else None,
     )
+    shared = shared_samples(x_tr, x_va)  # on the raw inputs, before any scaling
+    baseline = majority_baseline(y_tr) if classification else None
     if images:
         if info.image_shape is None:
             raise ValueError(f"dataset {spec.name!r} has no images")
@@ -121,4 +147,6 @@ def load_data(
         std=std.squeeze(0),
         target_mean=t_mean,
         target_std=t_std,
+        shared_samples=shared,
+        majority_baseline=baseline,
     )

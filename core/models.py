@@ -92,7 +92,9 @@ def initialize(model: nn.Module, spec: ModelSpec) -> None:
     """Apply spec.init to every linear and conv layer; biases start at zero.
 
     Xavier keeps the variance of activations constant for tanh/sigmoid (Var w = 2/(n_in+n_out));
-    Kaiming doubles it for ReLU, which zeroes half its inputs (Var w = 2/n_in). Constant makes
+    Kaiming doubles it for ReLU, which zeroes half its inputs (Var w = 2/n_in). Normal draws
+    w ~ N(0, init_std²) whatever the layer's size: a tiny std shrinks activations and
+    gradients layer after layer (vanishing gradients), a large one blows them up. Constant makes
     every unit of a layer identical, and identical units get identical gradients, so they stay
     identical: the symmetry that random initialization exists to break. Norm layers keep
     their own (γ = 1, β = 0).
@@ -117,6 +119,8 @@ def initialize(model: nn.Module, spec: ModelSpec) -> None:
             nn.init.kaiming_uniform_(
                 w, a=0.01 if nonlinearity == "leaky_relu" else 0.0, nonlinearity=nonlinearity
             )
+        elif spec.init == "normal":
+            nn.init.normal_(w, 0.0, spec.init_std)
         elif spec.init == "constant":
             nn.init.constant_(w, spec.init_value)
         if module.bias is not None:

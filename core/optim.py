@@ -11,9 +11,12 @@ flat vector, and do the arithmetic in a handful of single-tensor ops; the per-pa
 entries that state_dict() saves are views of those flat buffers.
 
 Conventions shared by the first-order optimizers: `maximize` negates the gradient (θ ← θ + η∇L
-for SGD), and `weight_decay` adds weight_decay·θ to the gradient (coupled), except AdamW, which
-shrinks θ by η·weight_decay·θ outside the adaptive update (decoupled). A parameter of a group
-whose .grad is None counts as having a zero gradient.
+for SGD), and `weight_decay` either adds weight_decay·θ to the gradient (coupled: an L2 term by
+another name) or, with decoupled=True, shrinks θ by η·weight_decay·θ outside the adaptive
+update. build_optimizer couples it for SGD, where the two are the same step as the spec's l2,
+and decouples it for RMSprop, Adam and AdamW, where weight decay is what the notes call it: a
+part of the optimizer whose size the learning rate sets, not a gradient divided by √v. A
+parameter of a group whose .grad is None counts as having a zero gradient.
 """
 
 from __future__ import annotations
@@ -175,7 +178,7 @@ class RMSprop(_FlatOptimizer):
     """RMSprop as in the text: v ← γv + (1−γ)∇L²;  θ ← θ − η∇L / √(v + ε).
 
     torch.optim.RMSprop divides by √v + ε instead (ε outside the root), so it is not used.
-    `alpha` is the text's γ.
+    `alpha` is the text's γ. decoupled=True: θ ← θ − η·weight_decay·θ before the update.
     """
 
     def __init__(
@@ -185,9 +188,17 @@ class RMSprop(_FlatOptimizer):
         alpha: float = 0.99,
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        decoupled: bool = False,
         maximize: bool = False,
     ) -> None:
-        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        defaults = dict(
+            lr=lr,
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled=decoupled,
+            maximize=maximize,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -199,6 +210,8 @@ class RMSprop(_FlatOptimizer):
         for index, group in enumerate(self.param_groups):
             params, alpha = group["params"], group["alpha"]
             grad, grad_views = self._flat_grad(index)
+            if group.get("decoupled") and group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
             v, _ = self._vector(index, "square_avg", state=True)
             v.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
             work, _ = self._vector(index, "work", state=False)
@@ -363,7 +376,14 @@ def build_optimizer(spec: JobSpec, model: nn.Module) -> Optimizer:
         )
     if o.name == "rmsprop":
         assert o.alpha is not None and o.eps is not None
-        return RMSprop(groups, lr=o.lr, alpha=o.alpha, eps=o.eps, maximize=bool(o.maximize))
+        return RMSprop(
+            groups,
+            lr=o.lr,
+            alpha=o.alpha,
+            eps=o.eps,
+            decoupled=True,
+            maximize=bool(o.maximize),
+        )
     if o.name in ("adam", "adamw"):
         assert o.betas is not None and o.eps is not None
         return Adam(
@@ -372,7 +392,9 @@ def build_optimizer(spec: JobSpec, model: nn.Module) -> Optimizer:
             betas=o.betas,
             eps=o.eps,
             bias_correction=bool(o.bias_correction),
-            decoupled=o.name == "adamw",
+            # Weight decay outside the adaptive scaling: for adam as for adamw (AdamW is the
+            # name PyTorch users know for it); a coupled decay is the spec's l2.
+            decoupled=True,
             maximize=bool(o.maximize),
         )
     if o.name == "newton":

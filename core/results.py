@@ -42,6 +42,9 @@ class EpochRecord:
     best_value: float
     wait: int  # epochs since the last improvement (the patience counter)
     stop: StopInfo | None = None  # set when this epoch triggers a stop
+    # core.diagnosis.diagnose() of the run so far (final=False); JSON-ready. In long runs it is
+    # recomputed every few epochs only, and its "epoch" says which epoch it describes.
+    diagnosis: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,7 @@ class EpochRecord:
             "best_value": _finite_or_none(self.best_value),
             "wait": self.wait,
             "stop": self.stop.to_dict() if self.stop else None,
+            "diagnosis": self.diagnosis,
         }
 
 
@@ -71,6 +75,8 @@ class FitResult:
         int  # epochs completed by this call of train() (fewer than last_epoch after a resume)
     )
     history: list[EpochRecord] = field(default_factory=list, repr=False)
+    diagnosis: dict[str, Any] | None = None  # the final diagnosis (final=True), JSON-ready
+    warnings: list[str] = field(default_factory=list)  # e.g. batch norm on small batches
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,4 +89,6 @@ class FitResult:
             "last_epoch": self.last_epoch,
             "last_value": _finite_or_none(self.last_value),
             "epochs_run": self.epochs_run,
+            "diagnosis": self.diagnosis,
+            "warnings": list(self.warnings),
         }

@@ -21,7 +21,13 @@ Task = Literal["classification", "regression"]
 DatasetName = Literal["digits", "iris", "wine", "breast_cancer", "moons", "regression"]
 Activation = Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu"]
 Init = Literal[
-    "default", "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform", "constant"
+    "default",
+    "xavier_normal",
+    "xavier_uniform",
+    "kaiming_normal",
+    "kaiming_uniform",
+    "normal",
+    "constant",
 ]
 OptimizerName = Literal["sgd", "rmsprop", "adam", "adamw", "newton", "lbfgs"]
 Monitor = Literal["val_loss", "val_accuracy", "train_loss", "train_accuracy"]
@@ -31,6 +37,8 @@ Mode = Literal["min", "max"]
 NEWTON_MAX_PARAMETERS = 5_000
 # Max pooling halves the 8x8 digit images per conv block: three blocks reach 1x1.
 CNN_MAX_BLOCKS = 3
+# Below this batch size batch statistics are noisy (notes 4.8.4): the job gets a warning.
+BATCH_NORM_MIN_BATCH = 16
 
 Width = Annotated[int, Field(ge=1, le=16_384)]  # a layer's units or channels
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -129,6 +137,7 @@ class ModelSpec(_Strict):
     norm: Literal["none", "batch", "layer"] = "none"
     init: Init = "default"
     init_value: float = 0.01  # for init: constant
+    init_std: float = Field(0.01, gt=0.0)  # for init: normal, w ~ N(0, init_std²)
 
     @field_validator("init", mode="before")
     @classmethod
@@ -234,14 +243,18 @@ class OptimizerSpec(_Strict):
         return self
 
 
-# --------------------------------------------------------------------------- the rest
+# --------------------------------------------------------------------------- regularization
 
 
 class RegularizationSpec(_Strict):
-    """Penalties apply to weight matrices and kernels only, not to biases or norm scales.
+    """Penalties and decay apply to weight matrices and kernels only, not to biases or norm scales.
 
-    l1 adds l1·Σ|w| to the loss; l2 adds (l2/2)·Σw², so its gradient l2·w equals that of
-    weight_decay, which the optimizer adds to the gradient instead (decoupled for AdamW).
+    l1 and l2 are terms of the loss (a second objective): l1 adds l1·Σ|w|, which drives weights
+    to (nearly) zero; l2 adds (l2/2)·Σw², gradient l2·w, which shrinks them all. weight_decay is
+    part of the optimizer instead: SGD adds weight_decay·w to the gradient, the same step as l2;
+    the adaptive optimizers (RMSprop, Adam, AdamW) shrink w ← w − η·weight_decay·w outside their
+    adaptive scaling (decoupled), so there it is not the same as l2, whose gradient is divided
+    by √v like any other. Gradient clipping is here as a guard against exploding gradients.
     """
 
     l1: float = Field(0.0, ge=0.0)
@@ -249,6 +262,128 @@ class RegularizationSpec(_Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip_norm: float | None = Field(None, gt=0.0)
     grad_clip_value: float | None = Field(None, gt=0.0)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class HFlip(_Strict):
+    """Mirror left-right with probability p."""
+
+    op: Literal["hflip"]
+    p: Probability = 0.5
+
+
+class VFlip(_Strict):
+    """Mirror top-bottom with probability p."""
+
+    op: Literal["vflip"]
+    p: Probability = 0.5
+
+
+class Rotate(_Strict):
+    """Rotate about the centre by an angle drawn uniformly from [−degrees, degrees]."""
+
+    op: Literal["rotate"]
+    degrees: float = Field(gt=0.0, le=180.0)
+    p: Probability = 1.0
+
+
+class Crop(_Strict):
+    """Random crop with padding: pad every side by `padding` pixels, crop back to the image
+    size at a random offset (a whole-pixel shift of up to `padding` in each direction)."""
+
+    op: Literal["crop"]
+    padding: int = Field(ge=1)
+    p: Probability = 1.0
+
+
+class Translate(_Strict):
+    """Shift by whole pixels, up to fraction × width horizontally and × height vertically."""
+
+    op: Literal["translate"]
+    fraction: float = Field(gt=0.0, le=0.5)
+    p: Probability = 1.0
+
+
+class Scale(_Strict):
+    """Zoom about the centre by a factor drawn uniformly from [min, max]."""
+
+    op: Literal["scale"]
+    min: float = Field(0.9, gt=0.0, le=4.0)
+    max: float = Field(1.1, gt=0.0, le=4.0)
+    p: Probability = 1.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Scale:
+        if self.min > self.max:
+            _raise([_error(("min",), "min must not exceed max", self.min)])
+        return self
+
+
+class ColorJitter(_Strict):
+    """Per image: brightness × U[1−b, 1+b]; contrast blends with the image's mean grey by
+    U[1−c, 1+c]; saturation blends with the pixel's grey by U[1−s, 1+s]; hue turns the
+    chroma by U[−h, h] of a full turn. Saturation and hue need colour (3-channel) images."""
+
+    op: Literal["color_jitter"]
+    brightness: float = Field(0.0, ge=0.0, le=1.0)
+    contrast: float = Field(0.0, ge=0.0, le=1.0)
+    saturation: float = Field(0.0, ge=0.0, le=1.0)
+    hue: float = Field(0.0, ge=0.0, le=0.5)
+    p: Probability = 1.0
+
+    @model_validator(mode="after")
+    def _something(self) -> ColorJitter:
+        if not (self.brightness or self.contrast or self.saturation or self.hue):
+            message = "set at least one of brightness, contrast, saturation, hue"
+            _raise([_error(("brightness",), message, 0.0)])
+        return self
+
+
+class Cutout(_Strict):
+    """Erase a size × size square at a random centre (clipped at the border) to the mean
+    image, i.e. to 0 in standardized units, as random erasing does."""
+
+    op: Literal["cutout"]
+    size: int = Field(ge=1)
+    p: Probability = 1.0
+
+
+AugmentationOp = Annotated[
+    HFlip | VFlip | Rotate | Crop | Translate | Scale | ColorJitter | Cutout,
+    Field(discriminator="op"),
+]
+GEOMETRIC_OPS = frozenset({"hflip", "vflip", "rotate", "crop", "translate", "scale"})
+# The design sketch's short form: {"rotate": 10} sets the op's main field.
+_MAIN_FIELD = {
+    "hflip": "p",
+    "vflip": "p",
+    "rotate": "degrees",
+    "crop": "padding",
+    "translate": "fraction",
+    "cutout": "size",
+}
+
+
+def _expand_op(item: Any) -> Any:
+    """{"hflip": 0.5} → {"op": "hflip", "p": 0.5}; {"cutout": {"size": 2}} → {"op": "cutout",
+    "size": 2}; {"scale": [0.9, 1.1]} → {"op": "scale", "min": 0.9, "max": 1.1}."""
+    if not isinstance(item, dict) or "op" in item or len(item) != 1:
+        return item
+    [(name, value)] = item.items()
+    if isinstance(value, dict):
+        return {"op": name, **value}
+    if name == "scale" and isinstance(value, list | tuple) and len(value) == 2:
+        return {"op": name, "min": value[0], "max": value[1]}
+    if name in _MAIN_FIELD:
+        return {"op": name, _MAIN_FIELD[name]: value}
+    return {"op": name}  # the union then names the unknown op
+
+
+# --------------------------------------------------------------------------- schedules
 
 
 class ConstantSchedule(_Strict):
@@ -322,6 +457,9 @@ ScheduleSpec = Annotated[
 ]
 
 
+# --------------------------------------------------------------------------- the rest
+
+
 class TrainingSpec(_Strict):
     epochs: int = Field(20, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=1_000_000)
@@ -359,10 +497,17 @@ class JobSpec(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     regularization: RegularizationSpec = Field(default_factory=RegularizationSpec)
+    # Applied in this order to each training batch (never to validation data); image datasets only.
+    augmentation: list[AugmentationOp] = Field(default_factory=list, max_length=16)
     schedule: ScheduleSpec = Field(default_factory=ConstantSchedule)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     early_stopping: EarlyStoppingSpec | None = None
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
+
+    @field_validator("augmentation", mode="before")
+    @classmethod
+    def _short_ops(cls, value: Any) -> Any:
+        return [_expand_op(item) for item in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _cross_field(self) -> JobSpec:
@@ -403,6 +548,8 @@ class JobSpec(_Strict):
                 "batch",
             )
 
+        self._check_augmentation(refuse)
+
         if opt.name in ("newton", "lbfgs"):
             label = "Newton's method" if opt.name == "newton" else "L-BFGS"
             if not train.full_batch:
@@ -440,6 +587,12 @@ class JobSpec(_Strict):
                     "use none or layer",
                     "batch",
                 )
+            if self.augmentation:
+                refuse(
+                    ("augmentation",),
+                    "Newton's method needs a deterministic loss: leave augmentation empty",
+                    [op.op for op in self.augmentation],
+                )
             if model.arch == "mlp" or info.image_shape is not None:
                 count = parameter_count(model, info)
                 if count > NEWTON_MAX_PARAMETERS:
@@ -458,6 +611,41 @@ class JobSpec(_Strict):
         _raise(errors)
         return self
 
+    def _check_augmentation(self, refuse: Any) -> None:
+        if not self.augmentation:
+            return
+        shape = self.dataset.info().image_shape
+        if shape is None:
+            refuse(
+                ("augmentation",),
+                f"augmentation needs an image dataset (digits); {self.dataset.name!r} is tabular",
+                [op.op for op in self.augmentation],
+            )
+            return
+        channels, height, width = shape
+        for i, op in enumerate(self.augmentation):
+            if isinstance(op, Cutout) and op.size > min(height, width):
+                refuse(
+                    ("augmentation", i, "size"),
+                    f"cutout of {op.size} pixels is larger than the {height}x{width} images",
+                    op.size,
+                )
+            if isinstance(op, Crop) and op.padding > min(height, width):
+                refuse(
+                    ("augmentation", i, "padding"),
+                    f"padding {op.padding} exceeds the {height}x{width} images",
+                    op.padding,
+                )
+            if isinstance(op, ColorJitter) and channels != 3:
+                for field in ("saturation", "hue"):
+                    if getattr(op, field):
+                        refuse(
+                            ("augmentation", i, field),
+                            f"{field} needs colour (3-channel) images; {self.dataset.name!r} "
+                            f"has {channels} channel{'s' if channels != 1 else ''}",
+                            getattr(op, field),
+                        )
+
     def spec_hash(self) -> str:
         """sha256 of the canonical JSON of the validated spec (defaults filled in)."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -465,6 +653,23 @@ class JobSpec(_Strict):
 
     def parameter_count(self) -> int:
         return parameter_count(self.model, self.dataset.info())
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def warnings(spec: JobSpec) -> list[str]:
+    """What is allowed but probably not meant: shown with the job at submit and in its result."""
+    found = []
+    n_train, _ = spec.dataset.split_sizes()
+    # Full batch too: the forward pass sees chunks of batch_size rows, normalized apart.
+    batch = min(spec.training.batch_size, n_train)
+    if spec.model.norm == "batch" and batch < BATCH_NORM_MIN_BATCH:
+        found.append(
+            f"model.norm: batch norm with batches of {batch} (< {BATCH_NORM_MIN_BATCH}): the "
+            "batch statistics are noisy; use batch_size >= 16 or norm: layer"
+        )
+    return found
 
 
 # --------------------------------------------------------------------------- helpers

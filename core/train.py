@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.augment import Augmenter
 from core.checkpoint import (
     CheckpointFiles,
     load_state,
@@ -31,16 +32,21 @@ from core.checkpoint import (
     weights_metadata,
 )
 from core.data import Data, load_data
+from core.diagnosis import GRAD_NORM_PREFIX, diagnose, regularization_summary
 from core.early_stopping import EarlyStopping
 from core.errors import NonFiniteLoss, TrainingError
 from core.models import build_model
 from core.optim import Newton, build_optimizer, decayed
 from core.results import EpochRecord, FitResult, StopInfo
 from core.schedules import Schedule
-from core.spec import JobSpec
+from core.spec import JobSpec, warnings
 
 STATE_VERSION = 1
 EVAL_CHUNK = 4096  # rows per forward pass when evaluating
+# The live diagnosis is recomputed every epoch for this many epochs, then every
+# ⌈epochs/this⌉-th epoch (about 200 times per tenfold) and at the last: it reads the whole
+# history, and a 10,000-epoch job of millisecond epochs should not spend its time on it.
+DIAGNOSIS_EVERY_EPOCH = 100
 
 
 class Hooks(Protocol):
@@ -158,6 +164,12 @@ class Trainer:
         self.last_value: float | None = None  # monitored value of that epoch
         self.history: list[EpochRecord] = []
         self.stop: StopInfo | None = None  # set once a stop rule fired
+        # Every completed epoch's metrics since the job started (kept across resumes) and the
+        # validation metrics before the first step: what the diagnosis reads.
+        self.metrics_history: list[dict[str, float]] = []
+        self.initial_metrics: dict[str, float] | None = None
+        self.warnings: list[str] = warnings(self.spec)
+        self._diagnosis: dict[str, Any] | None = None
         self._is_setup = False
 
     # ------------------------------------------------------------------ setup
@@ -176,8 +188,48 @@ class Trainer:
         self.task: str = spec.task
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self._penalized = [p for p in self._params if decayed(p)]
+        self._layer_names, self._layer_matrix = self._layers()
+        self._augment: Augmenter | None = None
+        if spec.augmentation:
+            info = self.data.info
+            assert info.image_shape is not None  # the spec refuses augmentation on tabular data
+            self._augment = Augmenter(
+                spec.augmentation,
+                image_shape=info.image_shape,
+                mean=self.data.mean,
+                std=self.data.std,
+                seed=spec.training.seed,
+                device=self.device,
+                dtype=self.dtype,
+            )
+        self._regularization = regularization_summary(spec)
+        if self.data.shared_samples:
+            n = self.data.shared_samples
+            self.warnings.append(
+                f"dataset: {n} validation sample{'s are' if n != 1 else ' is'} also in the "
+                "training split (same inputs): the validation loss flatters the model"
+            )
         self._is_setup = True
         return self
+
+    def _layers(self) -> tuple[list[str], torch.Tensor]:
+        """The layers whose gradient norms are recorded, as a (parameters × layers) 0/1 matrix
+        that sums squared per-parameter norms into squared per-layer norms.
+
+        A layer is a module with a weight matrix or kernel (linear, conv), named by its module
+        path (body.0, head); norm layers' scales and shifts are left out.
+        """
+        index = {id(p): i for i, p in enumerate(self._params)}
+        names, columns = [], []
+        for name, module in self.model.named_modules():
+            own = [p for p in module.parameters(recurse=False) if id(p) in index]
+            if any(p.dim() >= 2 for p in own):
+                names.append(name)
+                columns.append([index[id(p)] for p in own])
+        matrix = torch.zeros(len(self._params), len(names), dtype=self.dtype, device=self.device)
+        for column, rows in enumerate(columns):
+            matrix[rows, column] = 1.0
+        return names, matrix
 
     # ------------------------------------------------------------------ the loop
 
@@ -188,6 +240,9 @@ class Trainer:
         if self.stop is not None:  # resumed from the checkpoint of an epoch that stopped the run
             return self._result("succeeded", self.stop, 0)
         first_epoch = self.epoch + 1
+        if self.epoch == 0 and self.initial_metrics is None:
+            # The model before any step: "still falling" can then be judged after one epoch.
+            self.initial_metrics = self.evaluate("val")
         for epoch in range(first_epoch, self.spec.training.epochs + 1):
             start = time.perf_counter()
             lr = self.schedule.lr(epoch)
@@ -208,6 +263,10 @@ class Trainer:
                     StopInfo("cancelled", None, self.epoch, detail),
                     epoch - first_epoch,
                 )
+            except NonFiniteLoss as exc:
+                failed = [*self.metrics_history, {"train_loss": exc.value}]
+                exc.diagnosis = self._diagnose(failed, final=True)
+                raise
             metrics.update(self.evaluate("val"))
             metrics["lr"] = lr
             metrics["epoch_seconds"] = time.perf_counter() - start
@@ -216,6 +275,16 @@ class Trainer:
             is_best, stop = self.early_stopping.update(epoch, value)
             self.schedule.observe(metrics)
             self.epoch, self.last_value, self.stop = epoch, value, stop
+            self.metrics_history.append(metrics)
+            n = len(self.metrics_history)
+            if (
+                self._diagnosis is None
+                or n <= DIAGNOSIS_EVERY_EPOCH
+                or n % math.ceil(n / DIAGNOSIS_EVERY_EPOCH) == 0
+                or stop is not None
+                or epoch == self.spec.training.epochs
+            ):
+                self._diagnosis = self._diagnose(self.metrics_history, final=False)
             es = self.early_stopping
             record = EpochRecord(
                 epoch=epoch,
@@ -227,6 +296,7 @@ class Trainer:
                 best_value=es.best_value,
                 wait=es.wait,
                 stop=stop,
+                diagnosis=self._diagnosis,
             )
             self.history.append(record)
             if self._on_epoch_end is not None:
@@ -249,11 +319,13 @@ class Trainer:
         # Per-step values stay on the device until the epoch ends: reading one every step
         # (.item()) would make the CPU wait for the GPU at every step.
         losses, penalties, outputs, grad_norms = [], [], [], []
-        should_stop = self._should_stop
+        should_stop, augment = self._should_stop, self._augment
         for step, start in enumerate(starts):
             if should_stop():
                 raise _Cancelled(epoch, step + 1)
             xb, yb = x[start : start + bs], y[start : start + bs]
+            if augment is not None:
+                xb = augment(xb, epoch, step)
             out = self.model(xb)
             loss = task_loss(out, yb, self.task)
             penalty = self._penalty(self._penalized)
@@ -271,19 +343,17 @@ class Trainer:
         sizes = torch.tensor([len(o) for o in outputs], device=self.device, dtype=self.dtype)
         n = sum(len(o) for o in outputs)  # rows used (see _batch_starts)
         zero = x.new_zeros(())
+        # Each step's per-parameter gradient norms (before clipping), steps × parameters.
+        norms = torch.stack([norm for step in grad_norms for norm in step]).view(len(losses), -1)
         stats = [
             (step_losses * sizes).sum() / n,
             (torch.stack(penalties) * sizes).sum() / n if penalties else zero,
-            # Mean over the steps of the whole gradient's norm (before clipping).
-            torch.linalg.vector_norm(
-                torch.stack([norm for step in grad_norms for norm in step]).view(len(losses), -1),
-                dim=1,
-            ).mean(),
             (torch.cat(outputs).argmax(1) == y[:n]).to(self.dtype).mean()
             if self.task == "classification"
             else zero,
         ]
-        return self._train_metrics(*torch.stack(stats).tolist())  # the epoch's one sync point
+        values = torch.cat([torch.stack(stats), self._norm_stats(norms)]).tolist()  # one sync
+        return self._train_metrics(*values)
 
     def _full_batch_epoch(self, epoch: int) -> dict[str, float]:
         """Gradient descent (and L-BFGS): one step per epoch on the gradient of the whole
@@ -298,10 +368,13 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum = x.new_zeros(())
             correct = x.new_zeros((), dtype=torch.int64)
-            for start in starts:
+            for chunk, start in enumerate(starts):
                 if self._should_stop():
                     raise _Cancelled(epoch, 1)
                 xb, yb = x[start : start + bs], y[start : start + bs]
+                if self._augment is not None:
+                    # Seeded by (epoch, chunk): every evaluation of the closure sees the same data.
+                    xb = self._augment(xb, epoch, chunk)
                 out = self.model(xb)
                 # Each chunk weighs by its share of the rows: the chunks sum to the mean.
                 loss = task_loss(out, yb, self.task) * (len(xb) / n)
@@ -315,7 +388,7 @@ class Trainer:
                 penalty.backward()
                 objective = loss_sum + penalty.detach()
             if not first:
-                first.update(loss=loss_sum, correct=correct, grad_norm=self._grad_norm())
+                first.update(loss=loss_sum, correct=correct, norms=torch.stack(self._grad_norms()))
                 first["penalty"] = penalty.detach() if penalty is not None else x.new_zeros(())
             return objective
 
@@ -329,10 +402,9 @@ class Trainer:
         losses = first["loss"].reshape(1)
         self._check_finite(losses, epoch)
         used = sum(min(bs, n - s) for s in starts)
-        stats = torch.stack(
-            [first["loss"], first["penalty"], first["grad_norm"], first["correct"] / used]
-        )
-        return self._train_metrics(*stats.tolist())
+        stats = torch.stack([first["loss"], first["penalty"], first["correct"] / used])
+        norms = first["norms"].view(1, -1)
+        return self._train_metrics(*torch.cat([stats, self._norm_stats(norms)]).tolist())
 
     def _newton_epoch(self, epoch: int) -> dict[str, float]:
         """Newton's method: one step with the exact Hessian of the full training loss.
@@ -370,8 +442,8 @@ class Trainer:
         metrics = self._train_metrics(
             before["loss"],
             float(penalty.detach()) if penalty is not None else 0.0,
-            float(self._grad_norm()),
             before.get("accuracy", 0.0),
+            *self._norm_stats(torch.stack(self._grad_norms()).view(1, -1)).tolist(),
         )
         self.optimizer.zero_grad(set_to_none=True)
         return metrics
@@ -402,8 +474,12 @@ class Trainer:
             [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
         )
 
-    def _grad_norm(self) -> torch.Tensor:
-        return torch.linalg.vector_norm(torch.stack(self._grad_norms()))
+    def _norm_stats(self, norms: torch.Tensor) -> torch.Tensor:
+        """From per-parameter gradient norms (steps × parameters): the mean over the steps of
+        the whole gradient's norm, then of each layer's, as one vector (1 + layers)."""
+        squares = norms.square()
+        whole = squares.sum(1).sqrt().mean().reshape(1)
+        return torch.cat([whole, (squares @ self._layer_matrix).sqrt().mean(0)])
 
     def _clip_gradients(self) -> list[torch.Tensor]:
         """Clip by norm and/or value; return each parameter's gradient norm from before clipping."""
@@ -425,7 +501,7 @@ class Trainer:
             raise NonFiniteLoss(float(losses[step]), epoch, step + 1)
 
     def _train_metrics(
-        self, loss: float, penalty: float, grad_norm: float, accuracy: float
+        self, loss: float, penalty: float, accuracy: float, grad_norm: float, *layers: float
     ) -> dict[str, float]:
         metrics = {"train_loss": loss}
         if self.task == "classification":
@@ -434,7 +510,20 @@ class Trainer:
         if reg.l1 or reg.l2:
             metrics["penalty"] = penalty  # train_loss + penalty is the objective minimized
         metrics["grad_norm"] = grad_norm
+        for name, value in zip(self._layer_names, layers, strict=True):
+            metrics[GRAD_NORM_PREFIX + name] = value  # per layer, mean over the epoch's steps
         return metrics
+
+    def _diagnose(self, history: list[dict[str, float]], *, final: bool) -> dict[str, Any]:
+        return diagnose(
+            history,
+            task=self.task,
+            majority_baseline=self.data.majority_baseline,
+            shared_samples=self.data.shared_samples,
+            final=final,
+            initial=self.initial_metrics,
+            regularization=self._regularization,
+        )
 
     def _result(self, status: str, stop: StopInfo, epochs_run: int) -> FitResult:
         es = self.early_stopping
@@ -449,6 +538,8 @@ class Trainer:
             last_value=self.last_value,
             epochs_run=epochs_run,
             history=list(self.history),
+            diagnosis=self._diagnose(self.metrics_history, final=True),
+            warnings=list(self.warnings),
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -494,7 +585,22 @@ class Trainer:
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.epoch, self.last_value = state["epoch"], state["last_value"]
         self.stop = StopInfo.from_dict(state["stop"]) if state["stop"] else None
+        self.metrics_history = _history_from_state(state.get("diagnosis_history"))
+        self.initial_metrics = state.get("initial_metrics")
         _set_rng_state(state["rng"])
+
+    def _history_state(self) -> dict[str, Any]:
+        """What the diagnosis reads of the epochs so far, compactly: the series it follows as
+        one float64 tensor (a resume state is written every epoch; a list of dicts of every
+        metric would make a 10,000-epoch job write gigabytes), plus the last epoch in full
+        (its per-layer gradient norms)."""
+        names = [n for n in _SERIES if self.metrics_history and n in self.metrics_history[0]]
+        values = torch.tensor(
+            [[m.get(n, math.nan) for n in names] for m in self.metrics_history],
+            dtype=torch.float64,
+        )
+        last = dict(self.metrics_history[-1]) if self.metrics_history else None
+        return {"names": names, "values": values.reshape(-1, len(names)), "last": last}
 
     def _state_dict(self) -> dict[str, Any]:
         return {
@@ -506,8 +612,22 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "early_stopping": self.early_stopping.state_dict(),
+            "diagnosis_history": self._history_state(),
+            "initial_metrics": self.initial_metrics,
             "rng": _rng_state(),
         }
+
+
+# The per-epoch metrics the diagnosis follows over the whole run (see _history_state).
+_SERIES = ("train_loss", "val_loss", "train_accuracy", "grad_norm")
+
+
+def _history_from_state(state: dict[str, Any] | None) -> list[dict[str, float]]:
+    if not state or state["last"] is None:
+        return []
+    history = [dict(zip(state["names"], row, strict=True)) for row in state["values"].tolist()]
+    history[-1] = dict(state["last"])
+    return history
 
 
 def fit(

@@ -63,3 +63,14 @@ def test_generated_datasets_follow_the_spec() -> None:
 def test_unknown_split_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown split"):
         load_data(ds(name="iris")).split("test")
+
+
+def test_leakage_count_and_majority_baseline_come_with_the_data() -> None:
+    iris = load_data(ds(name="iris"))
+    assert iris.shared_samples == 1  # iris's one duplicated flower, split across
+    assert iris.majority_baseline == pytest.approx(1 / 3)
+    digits = load_data(ds(name="digits"))
+    assert digits.shared_samples == 0
+    assert digits.majority_baseline == pytest.approx(146 / 1437)  # classes 1 and 3
+    regression = load_data(ds(name="regression", n_samples=50))
+    assert regression.majority_baseline is None

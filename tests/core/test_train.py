@@ -23,7 +23,12 @@ def test_fit_records_every_epochs_metrics() -> None:
     assert result.stop.reason == "max_epochs" and result.stop.rule is None
     metrics = result.history[-1].metrics
     expected = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "grad_norm"}
-    assert expected | {"epoch_seconds"} == set(metrics)
+    layers = {"grad_norm/body.0", "grad_norm/head"}  # per layer with weights, mean over steps
+    assert expected | layers | {"epoch_seconds"} == set(metrics)
+    # Means over the steps: the whole gradient's norm lies between the norm of the layers'
+    # mean norms (triangle inequality) and their sum.
+    per_layer = [metrics[k] for k in layers]
+    assert math.hypot(*per_layer) - 1e-9 <= metrics["grad_norm"] <= sum(per_layer) + 1e-9
     assert all(math.isfinite(v) for v in metrics.values())
     assert result.monitor == "val_loss" and result.mode == "min"
     assert result.best_value == min(h.metrics["val_loss"] for h in result.history)
@@ -219,10 +224,11 @@ RESUME_CASES = {
         schedule={"name": "inverse_time", "decay": 0.2},
         regularization={"l1": 1e-3, "grad_clip_norm": 1.0},
     ),
-    "rmsprop-cnn": spec_dict(
+    "rmsprop-cnn-augmented": spec_dict(
         dataset={"name": "digits", "val_fraction": 0.8},
         model={"arch": "cnn", "channels": [4], "dropout": 0.2},
         optimizer={"name": "rmsprop"},
+        augmentation=[{"hflip": 0.5}, {"rotate": 10}, {"crop": 1}, {"cutout": {"size": 2}}],
         training={"batch_size": 64},
     ),
     "lbfgs": spec_dict(
