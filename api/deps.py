@@ -3,8 +3,10 @@
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session
 
+from api.auth import TokenCache, bearer, owner_of
 from api.db import get_session
 from api.metrics.cache import MetricsCache
 from api.queue import TaskQueue
@@ -14,13 +16,16 @@ from descent.settings import Settings, get_settings
 # dependency in the threadpool, a hop every request would pay for nothing.
 
 
-async def current_owner() -> str:
-    """Who is asking. Every job lookup is scoped to this owner.
+async def current_owner(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> str:
+    """Who is asking: the user whose bearer token came with the request (401 without one).
 
-    Authentication comes later; until then every request is the single local user, and this
-    is the one place to change.
+    Every lookup by id is scoped to this owner, so another owner's id answers 404.
     """
-    return "local"
+    cache: TokenCache = request.app.state.token_cache
+    return await owner_of(credentials, cache)
 
 
 async def _settings() -> Settings:

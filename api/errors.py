@@ -24,10 +24,16 @@ logger = logging.getLogger("api")
 
 class ServiceError(Exception):
     status_code = 400
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    headers = {"WWW-Authenticate": "Bearer"}
 
 
 class NotFound(ServiceError):
@@ -40,6 +46,16 @@ class Conflict(ServiceError):
 
 class Gone(ServiceError):
     status_code = 410
+
+
+class TooLarge(ServiceError):
+    status_code = 413
+
+
+class TooManyRequests(ServiceError):
+    """An owner's limit on jobs at once or on compute is reached."""
+
+    status_code = 429
 
 
 class Unavailable(ServiceError):
@@ -96,7 +112,7 @@ def database_reason(exc: BaseException) -> str:
 
 async def _service_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -5,14 +5,23 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.auth import AUTH_RESPONSES, TokenCache
 from api.checkpoints.routes import router as checkpoints_router
+from api.dashboard.routes import router as dashboard_router
 from api.errors import CatchAllMiddleware, install_error_handlers
+from api.events.routes import router as events_router
 from api.health.routes import router as health_router
 from api.jobs.routes import router as jobs_router
 from api.limits import BodySizeLimitMiddleware
 from api.metrics.cache import MetricsCache
 from api.metrics.routes import router as metrics_router
+from api.monitoring.middleware import LatencyMiddleware
+from api.monitoring.routes import router as monitoring_router
+from api.monitoring.service import Telemetry
+from api.plots.routes import router as plots_router
 from api.queue import TaskQueue
+from api.uploads.routes import UPLOAD_PATHS
+from api.uploads.routes import router as uploads_router
 from descent.settings import Settings, get_settings
 
 
@@ -23,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         app.state.task_queue.close()
+        app.state.telemetry.close()
 
     app = FastAPI(
         title="Descent",
@@ -30,17 +40,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "download the best checkpoint.",
         version="1",
         lifespan=lifespan,
+        responses=AUTH_RESPONSES,
     )
     app.state.task_queue = TaskQueue(settings)
     app.state.metrics_cache = MetricsCache()
+    app.state.token_cache = TokenCache(settings.token_cache_seconds)
+    app.state.telemetry = Telemetry(settings)
     install_error_handlers(app)
     # Added last is outermost: errors from everything inside become JSON.
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        path_limits=dict.fromkeys(UPLOAD_PATHS, settings.max_upload_bytes),
+    )
     app.add_middleware(CatchAllMiddleware)
+    # Outside everything else, so that it times the answers of the catch-all too.
+    app.add_middleware(LatencyMiddleware, histogram=app.state.telemetry.http_latency)
     app.include_router(health_router)
     app.include_router(jobs_router)
     app.include_router(metrics_router)
     app.include_router(checkpoints_router)
+    app.include_router(uploads_router)
+    app.include_router(events_router)
+    app.include_router(plots_router)
+    app.include_router(monitoring_router)
+    app.include_router(dashboard_router)
     return app
 
 

@@ -5,6 +5,10 @@
     descent api       the HTTP API only (production)
     descent worker    one Celery worker (production: one per GPU, or CPU)
 
+and the user's commands, which talk to a running service (descent/commands.py):
+submit, jobs, show, metrics, cancel, download; and the admin's (descent/admin.py):
+users, tokens.
+
 Heavy imports (uvicorn, SQLAlchemy, the API) happen inside the commands, so ``--help`` is fast.
 """
 
@@ -21,6 +25,9 @@ CELERY_APP = "worker.app:celery_app"
 # How long a stopping worker may spend on its running task before it is stopped cold;
 # the job then resumes from its last checkpoint on the next start.
 WORKER_GRACE_SECONDS = 10.0
+# How long a stopping API waits for open requests: an event stream stays open as long as its
+# job runs, so it is cut after this (its client reconnects with Last-Event-ID, missing nothing).
+SHUTDOWN_GRACE_SECONDS = 5
 
 
 def worker_command(queues: str, concurrency: int, name: str) -> list[str]:
@@ -45,7 +52,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run(API_APP, host=args.host, port=args.port, workers=args.workers)
+    uvicorn.run(
+        API_APP,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
     return 0
 
 
@@ -129,6 +142,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stopping = threading.Event()
     try:
         upgrade()
+        from descent.admin import serve_token
+
+        serve_token(settings.data_dir)
         if not args.no_worker:
             worker = _start_worker(
                 {"DESCENT_DATA_DIR": str(settings.data_dir)},
@@ -144,7 +160,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         # uvicorn handles SIGINT/SIGTERM itself, then hands the signal back to our handler.
-        uvicorn.run(API_APP, host=args.host, port=args.port)
+        uvicorn.run(
+            API_APP,
+            host=args.host,
+            port=args.port,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+        )
     except _Stop:
         pass
     finally:
@@ -189,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1, help="jobs run at once (default: 1)")
     p.add_argument("--name", default="descent@%h", help="Celery node name (default: descent@%%h)")
     p.set_defaults(func=cmd_worker)
+
+    from descent.commands import add_client_commands
+
+    add_client_commands(sub)
+
+    from descent.admin import add_admin_commands
+
+    add_admin_commands(sub)
     return parser
 
 

@@ -34,7 +34,43 @@ class Settings(BaseSettings):
     broker_visibility_timeout: int = 3600
     # Requests larger than this are refused with 413 before they are read whole.
     max_body_bytes: int = 1_000_000
+    # Dataset and weights uploads have a limit of their own (413 over it); each owner's
+    # uploads together are bounded by limit_upload_bytes.
+    max_upload_bytes: int = 200_000_000
+    # An archive (a .npz dataset) may unpack to at most this many bytes (zip bombs).
+    max_unpacked_bytes: int = 2_000_000_000
     metrics_page_limit: int = 1000
+
+    # Authentication: a token's owner is remembered this many seconds, so a revoked token
+    # stops working within this time, and most requests cost no database read for it.
+    token_cache_seconds: float = 5.0
+
+    # Per-owner limits (OWASP API4); each can be overridden per user (`descent users limits`).
+    # Jobs queued or running at once; more are refused with 429.
+    limit_active_jobs: int = 8
+    # Most epochs (training.epochs) one job may ask for.
+    limit_epochs: int = 10_000
+    # Most trainable parameters of one job's model.
+    limit_parameters: int = 50_000_000
+    # Bytes of datasets and weights an owner may keep uploaded, all uploads together.
+    limit_upload_bytes: int = 1_000_000_000
+    # Device-hours of training an owner may use in all (no limit when unset).
+    limit_device_hours: float | None = None
+
+    # The lease a running job holds: its worker's heartbeat every heartbeat_seconds; a lease
+    # whose heartbeat is older than lease_timeout_seconds belongs to a dead worker, and the
+    # sweeper (every sweep_seconds, in each worker) queues the job again.
+    heartbeat_seconds: float = 5.0
+    lease_timeout_seconds: float = 30.0
+    sweep_seconds: float = 10.0
+    # A job is started at most this many times (a job that kills its worker fails after it).
+    max_attempts: int = 3
+    # Failure classes retried from the last checkpoint; every other class fails the job at
+    # once with its reason. Classes: worker_lost, connection, out_of_memory, non_finite_loss,
+    # training_error (bad data, device or checkpoint), internal (a bug).
+    retry_failures: str = "worker_lost,connection"
+    # Longest wait between two retries of a job after a lost connection, in seconds.
+    retry_backoff_max_seconds: float = 60.0
 
     @model_validator(mode="after")
     def _defaults(self) -> "Settings":
@@ -49,6 +85,10 @@ class Settings(BaseSettings):
         if self.artifacts_dir is None:
             self.artifacts_dir = self.data_dir / "artifacts"
         return self
+
+    @property
+    def retried_failures(self) -> frozenset[str]:
+        return frozenset(c.strip() for c in self.retry_failures.split(",") if c.strip())
 
     @property
     def embedded_broker(self) -> bool:

@@ -3,7 +3,11 @@
 Stored names are always made by the server: ``<job id>/<stem>.<suffix>``.
 """
 
+import hashlib
+import os
+import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from descent.settings import get_settings
 
@@ -34,3 +38,28 @@ def get_artifacts() -> LocalArtifacts:
     settings = get_settings()
     assert settings.artifacts_dir is not None
     return LocalArtifacts(settings.artifacts_dir)
+
+
+def atomic_copy(source: BinaryIO, destination: Path, chunk: int = 1 << 20) -> str:
+    """Copy a file object to ``destination`` atomically; return the sha256 of what was written.
+
+    A temp file in the same folder, fsynced, then ``os.replace``: a crash mid-copy leaves no
+    half file under the final name (only a hidden temp file, which sweeps remove).
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    folder, prefix = destination.parent, f".{destination.name}."
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            source.seek(0)
+            while block := source.read(chunk):
+                digest.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, destination)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return digest.hexdigest()

@@ -46,11 +46,41 @@ class JobStatus:
     ALL = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
 
+class User(Base):
+    """Someone who owns jobs, datasets and weights. Made by the admin command only."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    # What every owned row's `owner` column holds; never changes once made.
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # Overrides of the per-owner limits in the settings ({"epochs": 100, ...}); absent keys
+    # take the settings' default.
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token. Only its sha256 is stored: the token itself is shown once, when made."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # A plain sha256 is enough: tokens are 256 random bits, not passwords to stretch.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_owner_created", "owner", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    # The owning user's name (users.name); every lookup by id is scoped to it.
     owner: Mapped[str] = mapped_column(String(64), default="local")
     name: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
@@ -78,6 +108,8 @@ class Job(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Seconds of training spent on this job, over all its attempts (the owner's compute budget).
+    runtime_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class Metric(Base):
@@ -109,4 +141,25 @@ class Checkpoint(Base):
     state_path: Mapped[str] = mapped_column(String(500))
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Upload(Base):
+    """A dataset or weights file a user uploaded. Its stored name is made by the server
+    (``uploads/<kind>/<id>.<format>``); the client's file name is kept for display only."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (Index("ix_uploads_owner_kind_created", "owner", "kind", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # dataset | weights
+    name: Mapped[str | None] = mapped_column(String(200))
+    filename: Mapped[str | None] = mapped_column(String(200))
+    format: Mapped[str] = mapped_column(String(16))  # npz | csv | safetensors
+    path: Mapped[str] = mapped_column(String(500))  # relative to the artifact store's root
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # What validation found: arrays and their shapes, columns, or tensors.
+    info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -8,6 +8,7 @@ fail instead under CI=true, where they must be there.
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,13 @@ def reset_caches() -> None:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL database of its own for this test run, dropped at the end."""
+    with postgres_database() as url:
+        yield url
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """Make a PostgreSQL database, yield its URL, drop it (skips where there is no server)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -125,7 +133,9 @@ def postgres_env(
     from store.db import get_engine
 
     with get_engine().begin() as conn:
-        conn.execute(text("TRUNCATE jobs, metrics, checkpoints CASCADE"))
+        conn.execute(
+            text("TRUNCATE jobs, metrics, checkpoints, uploads, api_tokens, users CASCADE")
+        )
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

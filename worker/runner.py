@@ -3,36 +3,77 @@
 Every write is a short transaction of its own, so the API (which may share a SQLite file
 with the worker) reads while the worker trains. An epoch's metrics, its checkpoint row and
 the job's progress commit together; a checkpoint's files are written before its row and
-deleted after it, and files left without a row by a crash are swept when the job ends.
+deleted after it, and files left without a row by a crash are swept when the job starts
+and when it ends.
+
+Exactly one execution: a job is run only by the worker that holds its lease (``jobs.worker``
+with a fresh ``heartbeat_at``). Claiming is a compare-and-set on the attempt number, and
+every epoch's transaction first checks that this worker still holds the lease, so a worker
+presumed dead (and replaced) can never write over the job's new run.
+
+Failures are classified (see ``classify``): those in ``settings.retried_failures`` (by
+default a lost worker or a lost connection) resume from the last checkpoint on the next
+attempt; the others fail the job at once with their reason. A job is started at most
+``settings.max_attempts`` times.
 """
 
+import hashlib
+import hmac
 import logging
 import math
+import os
 import threading
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from core.errors import TrainingError
+from core.errors import NonFiniteLoss, TrainingError
 from core.results import EpochRecord, FitResult
 from core.spec import JobSpec
 from core.train import Trainer, TrainerHooks
+from descent.settings import Settings, get_settings
 from store.artifacts import LocalArtifacts, get_artifacts
 from store.db import session_scope
 from store.models import Checkpoint, Job, JobStatus, Metric
+from store.users import limits_for, used_device_hours
 
 log = logging.getLogger(__name__)
 
-# A lease whose heartbeat is older than this is taken to belong to a dead worker.
-LEASE_TIMEOUT = timedelta(seconds=30)
-HEARTBEAT_EVERY = 5.0
 CANCEL_POLL_EVERY = 0.2
+
+# Failure classes (settings.retry_failures names the ones retried).
+WORKER_LOST = "worker_lost"
+CONNECTION = "connection"
+OUT_OF_MEMORY = "out_of_memory"
+NON_FINITE_LOSS = "non_finite_loss"
+TRAINING_ERROR = "training_error"
+INTERNAL = "internal"
 
 
 class JobNotFound(LookupError):
     pass
+
+
+class LeaseLost(Exception):
+    """Another worker took the job over (this one was presumed dead): stop, write nothing."""
+
+
+@dataclass
+class RetryableFailure(Exception):
+    """A failure of a retried class: the task retries the job from its last checkpoint."""
+
+    failure: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.failure}: {self.message}"
 
 
 def now() -> datetime:
@@ -43,34 +84,135 @@ def finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def claim(job_id: str, worker: str) -> Job | None:
-    """Take the job's lease, or return None when there is nothing to run."""
+def worker_identity(node: str) -> str:
+    """``node/pid``: unique per process, so two processes of one node never share a lease."""
+    return f"{node}/{os.getpid()}"
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:  # SQLite keeps no zone
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def lease_timeout(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.lease_timeout_seconds)
+
+
+def _holder_is_dead_here(holder: str | None, worker: str) -> bool:
+    """Whether the lease's holder is a process of this same node that no longer exists
+    (Celery replaced a killed pool process): its lease need not time out first."""
+    if not holder or "/" not in holder or "/" not in worker:
+        return False
+    node, _, pid = holder.rpartition("/")
+    if node != worker.rpartition("/")[0] or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def claim(job_id: str, worker: str, settings: Settings | None = None) -> Job | None:
+    """Take the job's lease, or return None when there is nothing to run.
+
+    Nothing to run: the job has ended, another live worker holds it, it was cancelled, or
+    it has been started max_attempts times already (it is then failed with that reason).
+    """
+    settings = settings or get_settings()
     with session_scope() as session:
-        job = session.get(Job, job_id, with_for_update=True)
+        job = session.get(Job, job_id)
         if job is None:
             raise JobNotFound(f"job {job_id} does not exist")
         if job.status in JobStatus.TERMINAL:
+            log.info("job %s has already %s; this delivery does nothing", job_id, job.status)
             return None
-        heartbeat = job.heartbeat_at
-        if heartbeat is not None and heartbeat.tzinfo is None:  # SQLite keeps no zone
-            heartbeat = heartbeat.replace(tzinfo=UTC)
-        live = heartbeat is not None and now() - heartbeat < LEASE_TIMEOUT
-        if job.status == JobStatus.RUNNING and live and job.worker != worker:
+        heartbeat = _aware(job.heartbeat_at)
+        live = heartbeat is not None and now() - heartbeat < lease_timeout(settings)
+        if (
+            job.status == JobStatus.RUNNING
+            and live
+            and job.worker != worker
+            and not _holder_is_dead_here(job.worker, worker)
+        ):
             log.info("job %s is held by %s; this delivery does nothing", job_id, job.worker)
             return None
-        if job.cancel_requested:
-            finish(session, job, JobStatus.CANCELLED, stop=_cancel_stop(job.epoch))
-            return None
-        job.status = JobStatus.RUNNING
-        job.started_at = job.started_at or now()
-        job.attempt += 1
-        job.worker = worker
-        job.heartbeat_at = now()
+        attempt, status, holder, epoch = job.attempt, job.status, job.worker, job.epoch
+        cancel = job.cancel_requested
+
+    def settle(values: dict[str, Any]) -> bool:
+        """A compare-and-set on what was read: whoever changed the job meanwhile wins."""
+        with session_scope() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempt == attempt, Job.status == status)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    if cancel:
+        settle(_finish_values(JobStatus.CANCELLED, stop=_cancel_stop(epoch)))
+        return None
+    # A job still marked running whose lease this delivery may take: its worker was lost.
+    lost = status == JobStatus.RUNNING and holder != worker
+    if lost and WORKER_LOST not in settings.retried_failures:
+        message = f"its worker ({holder}) was lost, and lost workers are not retried"
+        settle(_failed_values(message, WORKER_LOST, epoch))
+        return None
+    if attempt >= settings.max_attempts:
+        message = (
+            f"the job was started {attempt} times without finishing (its worker was lost or "
+            f"its connection failed each time); it is not started again (max_attempts "
+            f"{settings.max_attempts})"
+        )
+        settle(_failed_values(message, WORKER_LOST if lost else CONNECTION, epoch))
+        return None
+    claimed = settle(
+        {
+            "status": JobStatus.RUNNING,
+            "attempt": attempt + 1,
+            "worker": worker,
+            "heartbeat_at": now(),
+        }
+    )
+    if not claimed:
+        log.info("job %s changed while being claimed; this delivery does nothing", job_id)
+        return None
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        if job.started_at is None:
+            job.started_at = now()
+        if lost:
+            log.warning(
+                "job %s: its worker %s was lost; attempt %d resumes it", job_id, holder, job.attempt
+            )
         return job
 
 
 def _cancel_stop(epoch: int) -> dict[str, Any]:
     return {"reason": "cancelled", "rule": None, "epoch": epoch, "detail": "cancelled by the user"}
+
+
+def _finish_values(
+    status: str, *, stop: dict[str, Any] | None = None, error: str | None = None
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "finished_at": now(),
+        "stop": stop,
+        "error": error,
+        "worker": None,
+        "heartbeat_at": None,
+    }
+
+
+def _failed_values(message: str, failure: str, epoch: int) -> dict[str, Any]:
+    stop = {"reason": "error", "rule": None, "failure": failure, "epoch": epoch, "detail": message}
+    return _finish_values(JobStatus.FAILED, stop=stop, error=message)
 
 
 def finish(
@@ -81,38 +223,38 @@ def finish(
     stop: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> None:
-    job.status = status
-    job.finished_at = now()
-    job.stop = stop
-    job.error = error
-    job.worker = None
-    job.heartbeat_at = None
+    for key, value in _finish_values(status, stop=stop, error=error).items():
+        setattr(job, key, value)
 
 
 class Lease(threading.Thread):
     """Heartbeats the job's lease and watches its cancel flag, off the training thread,
-    so that the training loop only reads an Event at each step."""
+    so that the training loop only reads an Event at each step. If the lease is found held
+    by another worker, ``lost`` is set and training stops."""
 
-    def __init__(self, job_id: str, worker: str) -> None:
+    def __init__(self, job_id: str, worker: str, heartbeat_every: float) -> None:
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.job_id, self.worker = job_id, worker
+        self.heartbeat_every = heartbeat_every
         self.cancelled = threading.Event()
+        self.lost = threading.Event()
         self.done = threading.Event()
 
     def run(self) -> None:
-        last_beat = 0.0
-        clock = 0.0
+        last_beat = time.monotonic()
         while not self.done.wait(CANCEL_POLL_EVERY):
-            clock += CANCEL_POLL_EVERY
             try:
                 with session_scope() as session:
-                    if clock - last_beat >= HEARTBEAT_EVERY:
-                        last_beat = clock
-                        session.execute(
+                    if time.monotonic() - last_beat >= self.heartbeat_every:
+                        last_beat = time.monotonic()
+                        result = session.execute(
                             update(Job)
                             .where(Job.id == self.job_id, Job.worker == self.worker)
                             .values(heartbeat_at=now())
                         )
+                        if not result.rowcount:  # type: ignore[attr-defined]
+                            log.warning("job %s: lease lost to another worker", self.job_id)
+                            self.lost.set()
                     flag = session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
                 if flag:
                     self.cancelled.set()
@@ -122,22 +264,57 @@ class Lease(threading.Thread):
 
 class WorkerHooks(TrainerHooks):
     def __init__(
-        self, job_id: str, lease: Lease, artifacts: LocalArtifacts, keep_top_k: int, mode: str
+        self,
+        job: Job,
+        lease: Lease,
+        artifacts: LocalArtifacts,
+        keep_top_k: int,
+        settings: Settings,
     ) -> None:
-        self.job_id, self.lease, self.artifacts = job_id, lease, artifacts
-        self.keep_top_k, self.mode = keep_top_k, mode
+        self.job_id, self.owner, self.attempt = job.id, job.owner, job.attempt
+        self.mode = job.mode
+        self.lease, self.artifacts, self.keep_top_k = lease, artifacts, keep_top_k
+        self.settings = settings
+        self.budget_used_up: str | None = None
+        self._mark = time.monotonic()
 
     def should_stop(self) -> bool:
-        return self.lease.cancelled.is_set()
+        return (
+            self.lease.cancelled.is_set()
+            or self.lease.lost.is_set()
+            or self.budget_used_up is not None
+        )
+
+    def start_clock(self) -> None:
+        self._mark = time.monotonic()
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        if self.lease.lost.is_set():
+            raise LeaseLost(self.job_id)
+        # The attempt in the name: a worker presumed dead never overwrites the new run's files.
         files = trainer.save_checkpoint(
-            self.artifacts.job_dir(self.job_id), f"epoch-{record.epoch:05d}"
+            self.artifacts.job_dir(self.job_id), f"epoch-{record.epoch:05d}-{self.attempt}"
         )
+        seconds = time.monotonic() - self._mark
+        self._mark = time.monotonic()
         with session_scope() as session:
+            job = session.get_one(Job, self.job_id, with_for_update=True)
+            if job.worker != self.lease.worker or job.status != JobStatus.RUNNING:
+                raise LeaseLost(self.job_id)  # rolls the epoch back: the new holder redoes it
+            # Redoing an epoch (after a resume) replaces what an earlier attempt wrote of it.
             session.execute(
                 delete(Metric).where(Metric.job_id == self.job_id, Metric.epoch >= record.epoch)
             )
+            stale = list(
+                session.scalars(
+                    select(Checkpoint).where(
+                        Checkpoint.job_id == self.job_id, Checkpoint.epoch >= record.epoch
+                    )
+                )
+            )
+            for row in stale:
+                session.delete(row)
+            session.flush()
             session.add_all(
                 Metric(
                     job_id=self.job_id, epoch=record.epoch, step=0, name=name, value=finite(value)
@@ -155,18 +332,31 @@ class WorkerHooks(TrainerHooks):
             )
             session.add(checkpoint)
             session.flush()
-            job = session.get_one(Job, self.job_id)
             job.epoch = record.epoch
             job.last_value = finite(record.value)
             job.best_epoch = record.best_epoch
             job.best_value = finite(record.best_value)
             job.patience_wait = record.wait
+            job.runtime_seconds = (job.runtime_seconds or 0.0) + seconds
+            job.heartbeat_at = now()
             if record.is_best:
                 job.best_checkpoint_id = checkpoint.id
-            doomed = self._retire(session, job)
+            doomed = stale + self._retire(session, job)
+            self._check_budget(session)
         for row in doomed:
             self.artifacts.delete(row.weights_path)
             self.artifacts.delete(row.state_path)
+
+    def _check_budget(self, session: Any) -> None:
+        limit = limits_for(session, self.owner, self.settings).device_hours
+        if limit is None:
+            return
+        used = used_device_hours(session, self.owner)
+        if used >= limit:
+            self.budget_used_up = (
+                f"the owner's compute budget of {limit:g} device-hours is used up "
+                f"({used:.3f} used); the job stopped after its last finished epoch"
+            )
 
     def _retire(self, session: Any, job: Job) -> list[Checkpoint]:
         """Delete the rows of checkpoints past keep_top_k; never the best or the last."""
@@ -187,7 +377,8 @@ class WorkerHooks(TrainerHooks):
 
 
 def sweep_orphans(job_id: str, artifacts: LocalArtifacts) -> None:
-    """Remove files of this job that no checkpoint row names (left by a crash)."""
+    """Remove files of this job that no checkpoint row names: files written before a crash
+    stopped their row, and the temp files of a write a crash cut short."""
     with session_scope() as session:
         rows = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))
         named = {path for row in rows for path in (row.weights_path, row.state_path)}
@@ -196,49 +387,124 @@ def sweep_orphans(job_id: str, artifacts: LocalArtifacts) -> None:
             path.unlink(missing_ok=True)
 
 
-def run_job(job_id: str, worker: str) -> str:
-    job = claim(job_id, worker)
+def classify(exc: BaseException) -> str:
+    """The failure class of an exception raised while running a job."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return OUT_OF_MEMORY
+    if isinstance(exc, NonFiniteLoss):
+        return NON_FINITE_LOSS
+    if isinstance(exc, TrainingError):
+        return TRAINING_ERROR
+    if isinstance(exc, OperationalError | DisconnectionError | PoolTimeoutError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return CONNECTION
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return CONNECTION
+    return INTERNAL
+
+
+def describe(failure: str, exc: BaseException) -> str:
+    if failure == OUT_OF_MEMORY:
+        return f"out of memory: {str(exc).splitlines()[0] if str(exc) else 'the device ran out'}"
+    if failure in (NON_FINITE_LOSS, TRAINING_ERROR):
+        return str(exc)
+    if failure == CONNECTION:
+        reason = getattr(exc, "orig", None) or exc
+        text = str(reason).strip().splitlines()
+        return f"lost connection: {text[0] if text else reason.__class__.__name__}"
+    return f"internal error: {exc.__class__.__name__}: {exc}"
+
+
+def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
+    """Run the job to its end; the outcome: succeeded | failed | cancelled | skipped | lost.
+
+    Raises RetryableFailure for a failure of a retried class (the caller retries the task).
+    """
+    settings = settings or get_settings()
+    job = claim(job_id, worker, settings)
     if job is None:
         return "skipped"
     spec = JobSpec.model_validate(job.spec)
     artifacts = get_artifacts()
-    lease = Lease(job_id, worker)
+    lease = Lease(job_id, worker, settings.heartbeat_seconds)
     lease.start()
+    hooks = WorkerHooks(job, lease, artifacts, spec.checkpoints.keep_top_k, settings)
     try:
-        hooks = WorkerHooks(job_id, lease, artifacts, spec.checkpoints.keep_top_k, job.mode)
-        trainer = Trainer(spec, hooks=hooks)
-        trainer.setup()
-        resume_from(trainer, job_id, artifacts)
+        sweep_orphans(job_id, artifacts)
+        trainer = resume(spec, hooks, job_id, artifacts)
+        hooks.start_clock()
         result = trainer.train()
-    except TrainingError as exc:
-        _fail(job_id, str(exc), reason="error")
-        return "failed"
+    except LeaseLost:
+        log.warning("job %s: another worker holds it now; this run stops", job_id)
+        return "lost"
     except Exception as exc:
-        log.exception("job %s crashed", job_id)
-        _fail(job_id, f"internal error: {exc.__class__.__name__}: {exc}", reason="error")
+        failure = classify(exc)
+        message = describe(failure, exc)
+        if failure == INTERNAL:
+            log.exception("job %s crashed", job_id)
+        if failure in settings.retried_failures:
+            log.warning("job %s: %s; it will be retried from its last checkpoint", job_id, message)
+            _release(job_id, worker)
+            raise RetryableFailure(failure, message) from exc
+        _fail(job_id, worker, message, failure)
         return "failed"
     finally:
         lease.done.set()
         lease.join()
-    _succeed(job_id, result)
+    if lease.lost.is_set():
+        return "lost"
+    if hooks.budget_used_up is not None and result.status == "cancelled":
+        _fail(job_id, worker, hooks.budget_used_up, "budget", reason="budget")
+        return "failed"
+    outcome = _succeed(job_id, worker, result)
     sweep_orphans(job_id, artifacts)
-    return result.status
+    return outcome
 
 
-def resume_from(trainer: Trainer, job_id: str, artifacts: LocalArtifacts) -> None:
-    """A redelivered job continues after its last checkpoint, not from scratch."""
+def resume(spec: JobSpec, hooks: WorkerHooks, job_id: str, artifacts: LocalArtifacts) -> Trainer:
+    """A trainer set up from the spec, continuing after the job's last loadable checkpoint.
+
+    A redelivered job continues where it stopped, not from scratch. Should the last
+    checkpoint not load (its files damaged), the one before it is tried, and so on.
+    """
     with session_scope() as session:
-        last = session.scalars(
-            select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.epoch.desc())
-        ).first()
-    if last is not None:
-        log.info("job %s resumes after epoch %d", job_id, last.epoch)
-        trainer.load_checkpoint(artifacts.path(last.state_path), artifacts.path(last.weights_path))
+        rows = list(
+            session.scalars(
+                select(Checkpoint)
+                .where(Checkpoint.job_id == job_id)
+                .order_by(Checkpoint.epoch.desc())
+            )
+        )
+    trainer = Trainer(spec, hooks=hooks).setup()
+    for row in rows:
+        try:
+            weights = artifacts.path(row.weights_path)
+            if not _sha256_matches(weights, row.sha256):
+                raise TrainingError(f"{weights.name} does not match its recorded sha256")
+            trainer.load_checkpoint(artifacts.path(row.state_path), weights)
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint: try the one before
+            log.warning("job %s: checkpoint of epoch %d does not load: %s", job_id, row.epoch, exc)
+            trainer = Trainer(spec, hooks=hooks).setup()  # a clean state for the next try
+            continue
+        log.info("job %s resumes after epoch %d", job_id, row.epoch)
+        return trainer
+    return trainer
 
 
-def _succeed(job_id: str, result: FitResult) -> None:
+def _sha256_matches(path: Path, expected: str) -> bool:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return hmac.compare_digest(digest.hexdigest(), expected)
+
+
+def _succeed(job_id: str, worker: str, result: FitResult) -> str:
     with session_scope() as session:
-        job = session.get_one(Job, job_id)
+        job = session.get_one(Job, job_id, with_for_update=True)
+        if job.worker != worker:
+            return "lost"
         status = JobStatus.CANCELLED if result.status == "cancelled" else JobStatus.SUCCEEDED
         stop = result.stop.to_dict()
         stop.update(
@@ -247,15 +513,35 @@ def _succeed(job_id: str, result: FitResult) -> None:
             patience_wait=job.patience_wait,
         )
         finish(session, job, status, stop=stop)
+    return result.status
 
 
-def _fail(job_id: str, message: str, *, reason: str) -> None:
+def _fail(job_id: str, worker: str, message: str, failure: str, *, reason: str = "error") -> None:
     with session_scope() as session:
-        job = session.get_one(Job, job_id)
-        finish(
-            session,
-            job,
-            JobStatus.FAILED,
-            error=message,
-            stop={"reason": reason, "rule": None, "epoch": job.epoch, "detail": message},
-        )
+        job = session.get_one(Job, job_id, with_for_update=True)
+        if job.worker != worker:
+            return
+        stop = {
+            "reason": reason,
+            "rule": None,
+            "failure": failure,
+            "epoch": job.epoch,
+            "detail": message,
+        }
+        finish(session, job, JobStatus.FAILED, error=message, stop=stop)
+
+
+def _release(job_id: str, worker: str) -> None:
+    """Give the lease back before a retry, so the retry need not wait for it to time out.
+
+    Best effort: after a lost connection this often fails too, and the lease then times out.
+    """
+    try:
+        with session_scope() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker == worker)
+                .values(status=JobStatus.QUEUED, worker=None, heartbeat_at=None)
+            )
+    except Exception as exc:  # noqa: BLE001
+        log.warning("job %s: could not release its lease: %s", job_id, exc)

@@ -14,8 +14,18 @@ DOWNLOAD = {
         "content": {"application/octet-stream": {}},
         "description": "The safetensors weights; the ETag and X-Checksum-SHA256 carry its sha256.",
     },
+    206: {
+        "content": {"application/octet-stream": {}},
+        "description": "The requested byte range (Range: bytes=...) of the weights",
+    },
+    304: {"description": "Not modified (If-None-Match holds the file's ETag)"},
+    400: {"description": "A malformed Range header"},
     404: {"description": "No such job or checkpoint, or no checkpoint yet"},
-    410: {"description": "The checkpoint's file is gone from the artifact store"},
+    410: {
+        "description": "The checkpoint's file is gone from the artifact store, or damaged "
+        "(its sha256 no longer matches)"
+    },
+    416: {"description": "The requested range is outside the file"},
 }
 
 

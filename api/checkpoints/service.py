@@ -1,8 +1,11 @@
 """Checkpoints: listing a job's kept checkpoints and locating their weights files."""
 
+import hashlib
+import hmac
 import os
 import re
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +72,11 @@ def _download(job: Job, checkpoint: Checkpoint) -> Download:
         raise Gone(missing) from None
     if not stat.S_ISREG(info.st_mode):
         raise Gone(missing)
+    if not verified(path, info, checkpoint.bytes, checkpoint.sha256):
+        raise Gone(
+            f"the weights file of checkpoint {checkpoint.id} is damaged: its sha256 no longer "
+            "matches the one recorded when it was written"
+        )
     stem = _file_stem(job.name) or job.id
     return Download(
         path=path,
@@ -76,6 +84,38 @@ def _download(job: Job, checkpoint: Checkpoint) -> Download:
         filename=f"{stem}-epoch{checkpoint.epoch}.safetensors",
         sha256=checkpoint.sha256,
     )
+
+
+# path → (inode, size, mtime, sha256) of files whose content was hashed and matched: a file
+# is hashed again only when it changes, so repeated downloads cost one stat, not a full read.
+_VERIFIED: dict[str, tuple[int, int, int, str]] = {}
+_VERIFIED_LOCK = threading.Lock()
+_VERIFIED_MAX = 4096
+
+
+def verified(path: Path, info: os.stat_result, size: int, sha256: str) -> bool:
+    """Whether the file still holds what was recorded (size and sha256)."""
+    if info.st_size != size:
+        return False
+    key = str(path)
+    stamp = (info.st_ino, info.st_size, info.st_mtime_ns, sha256)
+    with _VERIFIED_LOCK:
+        if _VERIFIED.get(key) == stamp:
+            return True
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    except OSError:
+        return False
+    if not hmac.compare_digest(digest.hexdigest(), sha256):
+        return False
+    with _VERIFIED_LOCK:
+        if len(_VERIFIED) >= _VERIFIED_MAX:
+            _VERIFIED.clear()
+        _VERIFIED[key] = stamp
+    return True
 
 
 def _file_stem(name: str | None) -> str:

@@ -18,7 +18,9 @@ NOT_FOUND = {404: {"description": "No such job"}}
     "",
     status_code=201,
     responses={
+        400: {"description": "A body that cannot be parsed (not UTF-8 text)"},
         413: {"description": "Body over the size limit"},
+        429: {"description": "This account's limit on jobs at once or its compute budget"},
         503: {"description": "The job could not be queued (it is stored as failed)"},
     },
 )

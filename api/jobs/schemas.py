@@ -43,6 +43,8 @@ class JobPublic(BaseModel):
     diagnosis: dict[str, Any] | None
     cancel_requested: bool
     attempt: int
+    # Seconds of training so far, over all attempts (what counts against a compute budget).
+    runtime_seconds: float
     queue: str
     spec_hash: str
     spec: dict[str, Any]
@@ -72,6 +74,7 @@ class JobPublic(BaseModel):
             diagnosis=json_safe(job.diagnosis),
             cancel_requested=job.cancel_requested,
             attempt=job.attempt,
+            runtime_seconds=job.runtime_seconds or 0.0,
             queue=job.queue,
             spec_hash=job.spec_hash,
             spec=json_safe(job.spec),

@@ -11,12 +11,13 @@ from sqlalchemy.orm import Session
 
 from api.db import on_commit
 from api.encoding import as_utc, non_finite_paths
-from api.errors import Conflict, InvalidParameter, NotFound, Unavailable
+from api.errors import Conflict, InvalidParameter, NotFound, TooManyRequests, Unavailable
 from api.queue import TaskQueue
 from core.spec import JobSpec
 from descent.settings import Settings
 from store.db import session_scope
 from store.models import Job, JobStatus, utcnow
+from store.users import active_jobs, limits_for, used_device_hours
 
 logger = logging.getLogger("api.jobs")
 
@@ -30,6 +31,7 @@ def submit_job(
     bad = non_finite_paths(spec_json)
     if bad:
         raise InvalidParameter([(("body", *path), "must be a finite number", None) for path in bad])
+    check_limits(session, spec, owner=owner, settings=settings)
     stopping = spec.early_stopping
     job = Job(
         owner=owner,
@@ -45,6 +47,46 @@ def submit_job(
     session.flush()
     on_commit(session, partial(enqueue_job, job.id, job.queue, tasks))
     return job
+
+
+def check_limits(session: Session, spec: JobSpec, *, owner: str, settings: Settings) -> None:
+    """The owner's limits (OWASP API4): the job's size is a 422 naming the field; the
+    owner's jobs at once and compute budget are a 429 saying which limit was reached."""
+    limits = limits_for(session, owner, settings, lock=True)
+    errors: list[tuple[tuple[str, ...], str, object]] = []
+    if spec.training.epochs > limits.epochs:
+        errors.append(
+            (
+                ("body", "training", "epochs"),
+                f"must be at most {limits.epochs}, this account's limit",
+                spec.training.epochs,
+            )
+        )
+    parameters = spec.parameter_count()
+    if parameters > limits.parameters:
+        errors.append(
+            (
+                ("body", "model"),
+                f"the model has {parameters:,} trainable parameters; this account's limit "
+                f"is {limits.parameters:,}",
+                None,
+            )
+        )
+    if errors:
+        raise InvalidParameter(errors)
+    active = active_jobs(session, owner)
+    if active >= limits.active_jobs:
+        raise TooManyRequests(
+            f"this account has {active} jobs queued or running, its limit; "
+            "wait for one to end or cancel one"
+        )
+    if limits.device_hours is not None:
+        used = used_device_hours(session, owner)
+        if used >= limits.device_hours:
+            raise TooManyRequests(
+                f"this account's compute budget of {limits.device_hours:g} device-hours "
+                f"is used up ({used:.2f} used)"
+            )
 
 
 def enqueue_job(job_id: str, queue: str, tasks: TaskQueue) -> None:

@@ -11,6 +11,8 @@ from api.metrics.schemas import MetricsPage
 
 router = APIRouter(prefix="/v1/jobs", tags=["metrics"])
 
+MAX_EPOCH = 2**31 - 1  # the epoch column's range: a larger cursor is refused, not overflowed
+
 
 @router.get(
     "/{job_id}/metrics",
@@ -21,7 +23,9 @@ async def get_metrics(
     job_id: str,
     owner: CurrentOwner,
     cache: MetricsCacheDep,
-    after: Annotated[int, Query(ge=0, description="Return epochs after this one.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_EPOCH, description="Return epochs after this one.")
+    ] = 0,
     limit: Annotated[
         int | None,
         Query(ge=1, description="Epochs per page: 100 by default, at most the page limit (1000)."),

@@ -132,6 +132,28 @@ def _build_page(
     ).encode()
 
 
+def epoch_records(session: Session, job_id: str, *, after: int, through: int) -> list[Record]:
+    """The per-epoch records of epochs ``after < epoch <= through``, in epoch order.
+
+    For readers that page by the job's own progress (the event stream, the plot): pass the
+    job's ``epoch`` as ``through``, read in the same session before, so that every epoch
+    returned was committed together with the progress that named it.
+    """
+    if through <= after:
+        return []
+    rows = session.execute(
+        select(Metric.epoch, Metric.name, Metric.value)
+        .where(
+            Metric.job_id == job_id,
+            Metric.step == 0,
+            Metric.epoch > after,
+            Metric.epoch <= through,
+        )
+        .order_by(Metric.epoch, Metric.name)
+    )
+    return _records(rows)
+
+
 def _key(job_id: str, owner: str, after: int, limit: int, max_points: int | None) -> Hashable:
     return (owner, job_id, after, limit, max_points)
 

@@ -11,6 +11,7 @@ from sqlalchemy import insert
 from store.artifacts import get_artifacts
 from store.db import session_scope
 from store.models import Checkpoint, Job, JobStatus, Metric
+from store.users import create_token, create_user, get_user, set_limits
 
 SPEC: dict[str, Any] = {
     "dataset": {"name": "digits"},
@@ -18,6 +19,21 @@ SPEC: dict[str, Any] = {
     "optimizer": {"name": "adam", "lr": 0.01},
     "training": {"epochs": 3, "batch_size": 32},
 }
+
+
+def make_user(name: str = "local", **limits: Any) -> str:
+    """A user (made if missing, its limits overridden) and a new API token; returns the token."""
+    with session_scope() as session:
+        if get_user(session, name) is None:
+            create_user(session, name, limits)
+        elif limits:
+            set_limits(session, name, limits)
+        _, token = create_token(session, name, label="tests")
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def spec(**changes: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from descent.settings import Settings
-from tests.api.builders import SPEC, count_jobs
+from tests.api.builders import SPEC, bearer, count_jobs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,8 @@ def test_database_down_answers_503_with_a_reason(
         DESCENT_DATA_DIR=str(tmp_path / "data"),
         DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere",  # nothing listens on port 1
     )
-    with TestClient(create_app(settings)) as client:
+    # A token cannot be checked without the database: 503 too, not 401.
+    with TestClient(create_app(settings), headers=bearer("dsc_any")) as client:
         for path in ("/healthz", "/v1/jobs", "/v1/jobs/abc/metrics"):
             response = client.get(path)
             assert response.status_code == 503, path

@@ -13,7 +13,7 @@ from api.jobs.schemas import JobStatusName
 from descent.settings import Settings
 from store.db import session_scope
 from store.models import Job, JobStatus
-from tests.api.builders import SPEC, count_jobs, make_job, make_jobs, spec
+from tests.api.builders import SPEC, bearer, count_jobs, make_job, make_jobs, make_user, spec
 
 
 def queued_messages(settings: Settings) -> list[dict[str, Any]]:
@@ -80,7 +80,7 @@ def test_broker_down_fails_the_job_and_answers_503(
     from descent.migrate import upgrade
 
     upgrade()
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=bearer(make_user())) as client:
         response = client.post("/v1/jobs", json=SPEC)
         assert response.status_code == 503
         detail = response.json()["detail"]

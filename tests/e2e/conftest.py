@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import postgres_database
 from tests.e2e.service import Service, running, start_embedded, start_production
 
 
@@ -19,11 +20,13 @@ def embedded_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servi
 
 @pytest.fixture(scope="session")
 def redis_service(
-    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_broker: tuple[str, str]
+    tmp_path_factory: pytest.TempPathFactory, redis_broker: tuple[str, str]
 ) -> Iterator[Service]:
     redis_url, prefix = redis_broker
     root = tmp_path_factory.mktemp("redis")
-    yield from running(start_production(root, postgres_url, redis_url, prefix))
+    # A database of its own: its worker's sweeper must never take jobs other tests made.
+    with postgres_database() as database_url:
+        yield from running(start_production(root, database_url, redis_url, prefix))
 
 
 @pytest.fixture(params=["embedded", "redis"])

@@ -35,9 +35,15 @@ class Service:
     env: dict[str, str]
     logs: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Where `descent serve` writes the local user's token (read once the service answers).
+    token_file: Path | None = None
 
     def __post_init__(self) -> None:
         self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def authorize(self, token: str) -> None:
+        """Send this API token with every request of ``self.http``."""
+        self.http.headers["Authorization"] = f"Bearer {token}"
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         response = self.http.post("/v1/jobs", json=spec)
@@ -106,6 +112,8 @@ class Service:
                     )
             try:
                 if self.http.get("/healthz").status_code == 200:
+                    if self.token_file is not None and "authorization" not in self.http.headers:
+                        self.authorize(self.token_file.read_text().strip())
                     return
             except httpx.TransportError:
                 pass
@@ -148,9 +156,28 @@ def base_env(data_dir: Path) -> dict[str, str]:
 def start_embedded(root: Path) -> Service:
     """``python -m descent serve``: the README's one-command start, in ``root``."""
     port = free_port()
-    service = Service(f"http://127.0.0.1:{port}", base_env(root / "data"), root)
+    data = root / "data"
+    service = Service(f"http://127.0.0.1:{port}", base_env(data), root, token_file=data / "token")
     service.start("serve", "-m", "descent", "serve", "--port", str(port))
     return service
+
+
+def make_token(env: dict[str, str], user: str) -> str:
+    """``descent users create USER`` (if new) and ``descent tokens create USER``: the token."""
+    command = [sys.executable, "-m", "descent"]
+    made = subprocess.run(
+        [*command, "users", "create", user], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert made.returncode == 0 or "already exists" in made.stderr, made.stderr
+    result = subprocess.run(
+        [*command, "tokens", "create", user],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
 
 
 def start_production(root: Path, database_url: str, redis_url: str, prefix: str) -> Service:
@@ -163,6 +190,7 @@ def start_production(root: Path, database_url: str, redis_url: str, prefix: str)
     }
     service = Service(f"http://127.0.0.1:{port}", env, root)
     subprocess.run([sys.executable, "-m", "descent", "migrate"], cwd=ROOT, env=env, check=True)
+    service.authorize(make_token(env, "e2e"))
     service.start(
         "worker",
         "-m",

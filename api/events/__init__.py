@@ -1,0 +1,1 @@
+"""Live progress of a job as server-sent events."""

@@ -1,0 +1,51 @@
+"""Event stream route: a job's epochs and status changes as server-sent events."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CurrentOwner
+from api.events import service
+
+router = APIRouter(prefix="/v1/jobs", tags=["events"])
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`status` and `epoch` events, each with an id to resume from.",
+        },
+        204: {"description": "The job has ended and the client already has all of it"},
+        404: {"description": "No such job"},
+    },
+)
+async def job_events(
+    job_id: str,
+    owner: CurrentOwner,
+    last_event_id: Annotated[
+        str | None,
+        Header(description="Resume after this event (the `id` of the last event received)."),
+    ] = None,
+    after: Annotated[
+        int | None, Query(ge=0, description="Start after this epoch (without Last-Event-ID).")
+    ] = None,
+) -> Response:
+    """The job's progress, live: a `status` event (data: the job) at the start and at each
+    change of status, an `epoch` event (data: the epoch's metrics) as each epoch ends.
+    The stream ends after the final status. Event ids are `<epoch>:<status>`; reconnect
+    with `Last-Event-ID` to resume without gaps or repeats."""
+    cursor = service.parse_cursor(last_event_id, after)
+    first = await run_in_threadpool(service.poll, job_id, owner, cursor)
+    if service.nothing_to_send(first, cursor):
+        return Response(status_code=204)
+    return StreamingResponse(
+        service.stream(job_id, owner, cursor, first),
+        media_type="text/event-stream",
+        # No caching, and no buffering by a reverse proxy (nginx honours this header).
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

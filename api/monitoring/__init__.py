@@ -1,0 +1,1 @@
+"""Prometheus metrics: jobs by status, queue lengths, epoch durations, HTTP latency."""

@@ -1,0 +1,1 @@
+"""A job's curves as a PNG, for notebooks and reports."""

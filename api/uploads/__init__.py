@@ -1,0 +1,1 @@
+"""Uploads: datasets (.npz or .csv) and weights (.safetensors), owned like jobs."""

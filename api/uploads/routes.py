@@ -1,0 +1,175 @@
+"""Upload routes: datasets and weights, each with upload, list, read and delete.
+
+The multipart body is parsed by the handler itself, after the bearer token has been checked
+(FastAPI would read a declared form before any dependency runs), with tight form limits:
+one file part, one text field, small text parts. The body as a whole is bounded by the
+upload size limit (413), and the owner's total by their upload quota (413).
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from api.deps import CurrentOwner, SessionDep, SettingsDep
+from api.errors import InvalidParameter, TooLarge
+from api.uploads import service
+from api.uploads.schemas import UploadPublic, UploadsPublic
+from descent.settings import Settings
+
+router = APIRouter(tags=["uploads"])
+
+# Paths whose body may be as large as an upload (api/limits.py reads these).
+UPLOAD_PATHS = ("/v1/datasets", "/v1/weights")
+MAX_NAME = 200
+
+
+def _body(kind: str, formats: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {
+                                "type": "string",
+                                "format": "binary",
+                                "description": f"The {kind}: {formats}.",
+                            },
+                            "name": {"type": "string", "maxLength": MAX_NAME},
+                        },
+                    }
+                }
+            },
+        }
+    }
+
+
+UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "A malformed multipart body, or one over the form limits"},
+    413: {"description": "Over the upload size limit, or over this account's upload quota"},
+    422: {
+        "description": "The file is refused (the reason says why), or the form lacks it",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+        },
+    },
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such upload"}}
+Limit = Annotated[int, Query(ge=1, le=200)]
+
+
+async def _upload(
+    request: Request, session: Any, owner: str, settings: Settings, kind: str
+) -> UploadPublic:
+    content_type = request.headers.get("content-type", "").lower()
+    if not content_type.startswith("multipart/form-data"):
+        raise InvalidParameter.one(
+            ("body",), "send the file as multipart/form-data, in a part named 'file'"
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit():
+        # Refused before a byte of the body is read when it cannot fit the owner's quota.
+        remaining = await run_in_threadpool(service.remaining_bytes, session, owner, settings)
+        if int(declared) > remaining + 64 * 1024:  # room for the multipart framing
+            raise TooLarge(
+                f"this upload ({declared} bytes) is over what is left of this account's "
+                f"upload quota ({remaining} bytes)"
+            )
+    async with request.form(max_files=1, max_fields=1, max_part_size=4096) as form:
+        file = form.get("file")
+        if not isinstance(file, UploadFile):
+            raise InvalidParameter.one(("body", "file"), "a file part named 'file' is required")
+        name = form.get("name")
+        if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME):
+            raise InvalidParameter.one(("body", "name"), f"a text of at most {MAX_NAME} characters")
+        row = await run_in_threadpool(
+            service.store_upload,
+            session,
+            owner=owner,
+            kind=kind,
+            file=file.file,
+            filename=file.filename,
+            name=name or None,
+            settings=settings,
+        )
+    return UploadPublic.from_row(row)
+
+
+# ------------------------------------------------------------------------------ datasets
+
+
+@router.post(
+    "/v1/datasets",
+    status_code=201,
+    responses=UPLOAD_RESPONSES,
+    openapi_extra=_body(
+        "dataset",
+        "an .npz archive with x.npy (inputs) and y.npy (targets), or a .csv of numbers "
+        "with an optional header row",
+    ),
+)
+async def upload_dataset(
+    request: Request, session: SessionDep, owner: CurrentOwner, settings: SettingsDep
+) -> UploadPublic:
+    """Upload a dataset. It is checked before it is stored (archive member names, unpacked
+    size and compression ratio, array types), and stored under a name the server makes."""
+    return await _upload(request, session, owner, settings, "dataset")
+
+
+@router.get("/v1/datasets")
+def list_datasets(session: SessionDep, owner: CurrentOwner, limit: Limit = 100) -> UploadsPublic:
+    """Your datasets, newest first."""
+    rows = service.list_uploads(session, owner=owner, kind="dataset", limit=limit)
+    return UploadsPublic(items=[UploadPublic.from_row(row) for row in rows])
+
+
+@router.get("/v1/datasets/{dataset_id}", responses=NOT_FOUND)
+def get_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> UploadPublic:
+    row = service.get_upload(session, dataset_id, owner=owner, kind="dataset")
+    return UploadPublic.from_row(row)
+
+
+@router.delete("/v1/datasets/{dataset_id}", status_code=204, responses=NOT_FOUND)
+def delete_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> Response:
+    service.delete_upload(session, dataset_id, owner=owner, kind="dataset")
+    return Response(status_code=204)
+
+
+# ------------------------------------------------------------------------------ weights
+
+
+@router.post(
+    "/v1/weights",
+    status_code=201,
+    responses=UPLOAD_RESPONSES,
+    openapi_extra=_body("weights", "a .safetensors file"),
+)
+async def upload_weights(
+    request: Request, session: SessionDep, owner: CurrentOwner, settings: SettingsDep
+) -> UploadPublic:
+    """Upload weights (safetensors; its header is checked, never executed)."""
+    return await _upload(request, session, owner, settings, "weights")
+
+
+@router.get("/v1/weights")
+def list_weights(session: SessionDep, owner: CurrentOwner, limit: Limit = 100) -> UploadsPublic:
+    """Your weights files, newest first."""
+    rows = service.list_uploads(session, owner=owner, kind="weights", limit=limit)
+    return UploadsPublic(items=[UploadPublic.from_row(row) for row in rows])
+
+
+@router.get("/v1/weights/{weights_id}", responses=NOT_FOUND)
+def get_weights(weights_id: str, session: SessionDep, owner: CurrentOwner) -> UploadPublic:
+    row = service.get_upload(session, weights_id, owner=owner, kind="weights")
+    return UploadPublic.from_row(row)
+
+
+@router.delete("/v1/weights/{weights_id}", status_code=204, responses=NOT_FOUND)
+def delete_weights(weights_id: str, session: SessionDep, owner: CurrentOwner) -> Response:
+    service.delete_upload(session, weights_id, owner=owner, kind="weights")
+    return Response(status_code=204)

@@ -1,0 +1,41 @@
+"""Wire shapes of uploads."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from api.encoding import as_utc, json_safe
+from store.models import Upload
+
+
+class UploadPublic(BaseModel):
+    id: str
+    kind: Literal["dataset", "weights"]
+    name: str | None
+    filename: str | None
+    format: Literal["npz", "csv", "safetensors"]
+    bytes: int
+    sha256: str
+    info: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Upload) -> "UploadPublic":
+        created_at = as_utc(row.created_at)
+        assert created_at is not None
+        return cls(
+            id=row.id,
+            kind=row.kind,  # type: ignore[arg-type]
+            name=row.name,
+            filename=row.filename,
+            format=row.format,  # type: ignore[arg-type]
+            bytes=row.bytes,
+            sha256=row.sha256,
+            info=json_safe(row.info),
+            created_at=created_at,
+        )
+
+
+class UploadsPublic(BaseModel):
+    items: list[UploadPublic]

@@ -1,0 +1,409 @@
+"""A Python client for the Descent API, over httpx. It never imports torch.
+
+    from descent.client import DescentClient
+
+    with DescentClient("http://127.0.0.1:8000", token="...") as client:
+        job = client.submit("job.yaml")                      # a path, YAML/JSON text or a dict
+        job = client.wait(job["id"], on_epoch=lambda e: print(e["epoch"], e["metrics"]))
+        frame = client.metrics_frame(job["id"])              # pandas, when it is installed
+        client.download(job["id"], "best.safetensors")       # sha256 checked
+
+Without arguments the client takes the server from ``DESCENT_URL`` (default
+``http://127.0.0.1:8000``) and the token from ``DESCENT_TOKEN``, else from the file
+``token`` in the data folder (``DESCENT_DATA_DIR``, default ``./data``) that ``descent serve``
+writes. Every error the API answers is raised as ``DescentError`` with its status and detail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import httpx
+
+if TYPE_CHECKING:
+    import pandas
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class Best(TypedDict):
+    epoch: int | None
+    metric: str
+    mode: str
+    value: float | None
+    checkpoint_id: str | None
+
+
+class Last(TypedDict):
+    epoch: int
+    value: float | None
+
+
+class Job(TypedDict, total=False):
+    id: str
+    name: str | None
+    status: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    epoch: int
+    best: Best
+    last: Last
+    stop: dict[str, Any] | None
+    error: str | None
+    diagnosis: dict[str, Any] | None
+    cancel_requested: bool
+    attempt: int
+    queue: str
+    spec_hash: str
+    spec: dict[str, Any]
+
+
+class Epoch(TypedDict):
+    epoch: int
+    metrics: dict[str, float | None]
+
+
+class Checkpoint(TypedDict):
+    id: str
+    epoch: int
+    value: float | None
+    bytes: int
+    sha256: str
+    is_best: bool
+    is_last: bool
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Event:
+    """One server-sent event: ``status`` (data: the job) or ``epoch`` (data: its record)."""
+
+    id: str
+    event: str
+    data: Any
+
+
+class DescentError(Exception):
+    """The API answered with an error status (or could not be reached: status 0)."""
+
+    def __init__(self, status_code: int, detail: Any) -> None:
+        self.status_code = status_code
+        self.detail = detail
+        super().__init__(f"{status_code}: {describe_detail(detail)}")
+
+
+class ChecksumMismatch(DescentError):
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(0, f"sha256 mismatch: expected {expected}, got {actual}")
+
+
+def describe_detail(detail: Any) -> str:
+    """FastAPI's error detail as one line: a string as is, validation errors as
+    ``field.path: reason; ...``."""
+    if isinstance(detail, list):
+        parts = []
+        for error in detail:
+            if isinstance(error, dict):
+                loc = [str(p) for p in error.get("loc", ()) if p not in ("body",)]
+                parts.append(f"{'.'.join(loc) or 'body'}: {error.get('msg', '')}")
+            else:
+                parts.append(str(error))
+        return "; ".join(parts)
+    return str(detail)
+
+
+def default_url() -> str:
+    return os.environ.get("DESCENT_URL") or DEFAULT_URL
+
+
+def default_token() -> str | None:
+    """``DESCENT_TOKEN``, else the token file of the local data folder, else None."""
+    token = os.environ.get("DESCENT_TOKEN")
+    if token:
+        return token.strip()
+    path = Path(os.environ.get("DESCENT_DATA_DIR") or "data") / "token"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def load_spec(source: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """A job spec from a dict, a ``.yaml``/``.yml``/``.json`` file, or YAML/JSON text."""
+    if isinstance(source, dict):
+        return source
+    looks_like_text = isinstance(source, str) and (
+        "\n" in source or source.lstrip().startswith("{") or ": " in source
+    )
+    text = str(source) if looks_like_text else Path(source).read_text()
+    import yaml  # JSON is YAML too
+
+    spec = yaml.safe_load(text)
+    if not isinstance(spec, dict):
+        raise ValueError("a job spec must be a mapping (YAML or JSON object)")
+    return spec
+
+
+class DescentClient:
+    """The API as methods. Use it as a context manager, or call ``close()``."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = (url or default_url()).rstrip("/")
+        self.token = token if token is not None else default_token()
+        headers = {"User-Agent": "descent-client"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        self.http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> DescentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise DescentError(0, f"cannot reach {self.url}: {exc}") from exc
+        _raise_for_status(response)
+        return response
+
+    def submit(self, spec: str | Path | dict[str, Any]) -> Job:
+        """Submit a job spec (a dict, a YAML/JSON file path, or YAML/JSON text)."""
+        job: Job = self._request("POST", "/v1/jobs", json=load_spec(spec)).json()
+        return job
+
+    def job(self, job_id: str) -> Job:
+        job: Job = self._request("GET", f"/v1/jobs/{job_id}").json()
+        return job
+
+    def jobs(self, status: str | None = None, limit: int | None = None) -> list[Job]:
+        """Jobs, newest first, following the cursor (at most ``limit`` of them)."""
+        out: list[Job] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": min(200, limit - len(out)) if limit else 200}
+            if status:
+                params["status"] = status
+            if cursor:
+                params["cursor"] = cursor
+            page = self._request("GET", "/v1/jobs", params=params).json()
+            out += page["items"]
+            cursor = page["next"]
+            if cursor is None or (limit is not None and len(out) >= limit):
+                return out
+
+    def cancel(self, job_id: str) -> Job:
+        job: Job = self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
+        return job
+
+    def metrics(self, job_id: str, after: int = 0) -> list[Epoch]:
+        """Every epoch record after ``after``, in order, following the cursor."""
+        out: list[Epoch] = []
+        while True:
+            page = self._request(
+                "GET", f"/v1/jobs/{job_id}/metrics", params={"after": after, "limit": 1000}
+            ).json()
+            out += page["items"]
+            if page["next"] is None:
+                return out
+            after = page["next"]
+
+    def metrics_frame(self, job_id: str) -> pandas.DataFrame:
+        """The metrics as a pandas DataFrame indexed by epoch (needs pandas installed)."""
+        try:
+            import pandas
+        except ImportError as exc:
+            raise ImportError("metrics_frame needs pandas: pip install pandas") from exc
+        records = self.metrics(job_id)
+        frame = pandas.DataFrame.from_records(
+            [{"epoch": r["epoch"], **r["metrics"]} for r in records]
+        )
+        return frame.set_index("epoch") if len(frame) else frame
+
+    def checkpoints(self, job_id: str) -> list[Checkpoint]:
+        items: list[Checkpoint] = self._request("GET", f"/v1/jobs/{job_id}/checkpoints").json()[
+            "items"
+        ]
+        return items
+
+    def plot(self, job_id: str, width: int = 1000, height: int = 450) -> bytes:
+        """The job's curves as PNG bytes."""
+        return self._request(
+            "GET", f"/v1/jobs/{job_id}/plot.png", params={"width": width, "height": height}
+        ).content
+
+    def download(
+        self,
+        job_id: str,
+        path: str | Path,
+        *,
+        epoch: int | None = None,
+    ) -> Checkpoint:
+        """Save the best checkpoint (or the one of ``epoch``) to ``path``, checking its sha256
+        against the checkpoint's listing and the response's ETag. Returns the checkpoint."""
+        listing = self.checkpoints(job_id)
+        if epoch is None:
+            chosen = next((c for c in listing if c["is_best"]), None)
+            url = f"/v1/jobs/{job_id}/checkpoints/best"
+            if chosen is None:
+                raise DescentError(404, f"job {job_id} has no best checkpoint yet")
+        else:
+            chosen = next((c for c in listing if c["epoch"] == epoch), None)
+            if chosen is None:
+                kept = ", ".join(str(c["epoch"]) for c in listing) or "none"
+                raise DescentError(
+                    404, f"job {job_id} keeps no checkpoint of epoch {epoch} (kept: {kept})"
+                )
+            url = f"/v1/checkpoints/{chosen['id']}"
+        target = Path(path)
+        partial = target.with_name(target.name + ".part")
+        digest = hashlib.sha256()
+        try:
+            with self.http.stream("GET", url) as response:
+                if response.is_error:
+                    response.read()
+                    _raise_for_status(response)
+                served = response.headers.get("x-checksum-sha256") or response.headers.get(
+                    "etag", ""
+                ).strip('"')
+                with partial.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        digest.update(chunk)
+                        out.write(chunk)
+            actual = digest.hexdigest()
+            # The best may move on between the listing and the download: trust the
+            # server's checksum of what it sent, and require the listing to agree when the
+            # checkpoint was named by epoch.
+            expected = served or chosen["sha256"]
+            if actual != expected or (epoch is not None and actual != chosen["sha256"]):
+                raise ChecksumMismatch(expected, actual)
+            partial.replace(target)
+        except httpx.TransportError as exc:
+            raise DescentError(0, f"download from {self.url} failed: {exc}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+        if epoch is None and actual != chosen["sha256"]:
+            chosen = next((c for c in self.checkpoints(job_id) if c["sha256"] == actual), chosen)
+        return chosen
+
+    # -- live progress ----------------------------------------------------------------------
+
+    def events(
+        self,
+        job_id: str,
+        last_event_id: str | None = None,
+        *,
+        after: int | None = None,
+        reconnect_delay: float = 1.0,
+        max_reconnects: int = 30,
+    ) -> Iterator[Event]:
+        """The job's events until its final status. A dropped connection is resumed with
+        ``Last-Event-ID``, so no epoch is lost or repeated."""
+        last_id = last_event_id
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            params: dict[str, Any] = {}
+            if last_id:
+                headers["Last-Event-ID"] = last_id
+            elif after is not None:
+                params["after"] = after
+            try:
+                with self.http.stream(
+                    "GET",
+                    f"/v1/jobs/{job_id}/events",
+                    headers=headers,
+                    params=params,
+                    timeout=httpx.Timeout(self.http.timeout.connect, read=60.0),
+                ) as response:
+                    if response.status_code == 204:
+                        return
+                    if response.is_error:
+                        response.read()
+                        _raise_for_status(response)
+                    for event in parse_events(response.iter_lines()):
+                        failures = 0
+                        last_id = event.id or last_id
+                        yield event
+                        if event.event == "status" and event.data.get("status") in TERMINAL:
+                            return
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > max_reconnects:
+                    raise DescentError(0, f"lost the event stream of job {job_id}: {exc}") from exc
+            time.sleep(reconnect_delay)
+
+    def wait(
+        self,
+        job_id: str,
+        on_epoch: Callable[[Epoch], None] | None = None,
+        on_status: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Follow the job until it ends, calling ``on_epoch`` for every epoch (from the
+        first) and ``on_status`` at each status change; returns the final job."""
+        job: Job | None = None
+        for event in self.events(job_id, after=0):
+            if event.event == "epoch" and on_epoch is not None:
+                on_epoch(event.data)
+            elif event.event == "status":
+                job = event.data
+                if on_status is not None:
+                    on_status(event.data)
+        return job if job is not None else self.job(job_id)
+
+
+def parse_events(lines: Iterator[str]) -> Iterator[Event]:
+    """Server-sent events from a stream's lines (comments skipped)."""
+    event_id, name, data = "", "", []
+    for raw in lines:
+        line = raw.rstrip("\r")
+        if not line:
+            if data:
+                yield Event(event_id, name or "message", json.loads("\n".join(data)))
+            name, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "id":
+            event_id = value
+        elif field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if not response.is_error:
+        return
+    try:
+        detail = response.json().get("detail", response.text)
+    except (ValueError, AttributeError):
+        detail = response.text or response.reason_phrase
+    raise DescentError(response.status_code, detail)

@@ -1,0 +1,83 @@
+"""GET /metrics: the job gauge, the queue length, the epoch histogram, HTTP latency."""
+
+import re
+
+from fastapi.testclient import TestClient
+
+from store.models import JobStatus
+from tests.api.builders import SPEC, add_epochs, make_job
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(client: TestClient) -> Samples:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: Samples = {}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            match = re.fullmatch(r"([\w:]+)(?:\{(.*)\})? (\S+)", line)
+            assert match, line
+            name, labels, value = match.groups()
+            pairs = tuple(sorted(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels or "")))
+            samples[(name, pairs)] = float(value)
+    return samples
+
+
+def test_metrics_count_jobs_queue_epochs_and_requests(sqlite_client: TestClient) -> None:
+    for status in (JobStatus.SUCCEEDED, JobStatus.SUCCEEDED, JobStatus.FAILED):
+        make_job(status=status)
+    running = make_job(status=JobStatus.RUNNING)
+    add_epochs(running, [{"epoch_seconds": s, "val_loss": 1.0} for s in (0.07, 0.3, 0.3, 40.0)])
+    # Submitted through the API: stored as queued and sent to the (embedded) broker, where
+    # no worker takes it.
+    submitted = sqlite_client.post("/v1/jobs", json=SPEC)
+    assert submitted.status_code == 201, submitted.text
+    sqlite_client.get(f"/v1/jobs/{running}")
+
+    samples = scrape(sqlite_client)
+    jobs = {labels[0][1]: v for (name, labels), v in samples.items() if name == "descent_jobs"}
+    assert jobs == {"queued": 1, "running": 1, "succeeded": 2, "failed": 1, "cancelled": 0}
+    assert samples[("descent_queue_length", (("queue", "cpu"),))] == 1
+    assert samples[("descent_queue_length", (("queue", "gpu"),))] == 0
+
+    def bucket(le: str) -> float:
+        return samples[("descent_epoch_duration_seconds_bucket", (("le", le),))]
+
+    assert (bucket("0.05"), bucket("0.1"), bucket("0.25"), bucket("0.5")) == (0, 1, 1, 3)
+    assert bucket("30.0") == 3 and bucket("60.0") == 4 and bucket("+Inf") == 4
+    assert samples[("descent_epoch_duration_seconds_count", ())] == 4
+    assert abs(samples[("descent_epoch_duration_seconds_sum", ())] - 40.67) < 1e-9
+
+    latency = {
+        dict(labels)["route"]
+        for (name, labels), _ in samples.items()
+        if name == "descent_http_request_duration_seconds_count"
+    }
+    assert {"/v1/jobs", "/v1/jobs/{job_id}"} <= latency
+    assert not any(running in route for route in latency)
+    counted = samples[
+        (
+            "descent_http_request_duration_seconds_count",
+            (("method", "POST"), ("route", "/v1/jobs"), ("status", "201")),
+        )
+    ]
+    assert counted == 1
+
+
+def test_metrics_answer_without_the_database(sqlite_client: TestClient) -> None:
+    """The scrape still answers when a part cannot be read (here: the metrics table)."""
+    from sqlalchemy import text
+
+    from store.db import get_engine
+
+    with get_engine().begin() as conn:
+        conn.execute(text("ALTER TABLE metrics RENAME TO metrics_gone"))
+    try:
+        samples = scrape(sqlite_client)
+    finally:
+        with get_engine().begin() as conn:
+            conn.execute(text("ALTER TABLE metrics_gone RENAME TO metrics"))
+    assert ("descent_jobs", (("status", "queued"),)) in samples
+    assert not any(name.startswith("descent_epoch_duration") for name, _ in samples)

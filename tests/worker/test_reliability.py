@@ -1,0 +1,398 @@
+"""Nothing lost, exactly one execution: the lease, redelivery, the sweeper, failure classes,
+and a worker killed in the middle of a checkpoint write (a real SIGKILL)."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
+
+from core.spec import JobSpec
+from core.train import Trainer
+from descent.settings import Settings
+from store.artifacts import get_artifacts
+from store.db import get_sessionmaker, session_scope
+from store.models import Checkpoint, Job, JobStatus, Metric, utcnow
+from store.users import create_user, set_limits
+from tests.conftest import migrated
+from tests.worker.test_runner import make_job
+from worker import runner
+from worker.runner import RetryableFailure, claim, run_job
+from worker.sweeper import sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Dropout and shuffling: a resumed run only matches if every RNG state comes back.
+SPEC: dict[str, Any] = {
+    "dataset": {"name": "iris", "seed": 0},
+    "model": {"arch": "mlp", "hidden": [16], "dropout": 0.2},
+    "optimizer": {"name": "adam", "lr": 0.01},
+    "schedule": {"name": "inverse_time", "decay": 0.05},
+    "training": {"epochs": 6, "batch_size": 16, "seed": 3, "device": "cpu"},
+    "checkpoints": {"keep_top_k": 1},
+}
+
+
+def job_row(job_id: str) -> Job:
+    with session_scope() as session:
+        return session.get_one(Job, job_id)
+
+
+def stored_metrics(job_id: str) -> dict[int, dict[str, float]]:
+    with session_scope() as session:
+        rows = session.execute(
+            select(Metric.epoch, Metric.name, Metric.value).where(Metric.job_id == job_id)
+        ).all()
+    out: dict[int, dict[str, float]] = {}
+    for epoch, name, value in rows:
+        out.setdefault(epoch, {})[name] = value
+    return out
+
+
+def reference_metrics(spec: dict[str, Any]) -> dict[int, dict[str, float]]:
+    """An uninterrupted run of the same spec, in process, with the core alone."""
+    result = Trainer(JobSpec.model_validate(spec)).setup().train()
+    return {record.epoch: dict(record.metrics) for record in result.history}
+
+
+def assert_same_run(job_id: str, spec: dict[str, Any], tolerance: float = 1e-6) -> float:
+    """The job's per-epoch metrics equal an uninterrupted run's; returns the largest gap."""
+    got, want = stored_metrics(job_id), reference_metrics(spec)
+    assert sorted(got) == sorted(want)
+    worst = 0.0
+    for epoch, metrics in want.items():
+        for name, value in metrics.items():
+            if name == "epoch_seconds":
+                continue
+            gap = abs(got[epoch][name] - value)
+            worst = max(worst, gap)
+            assert gap <= tolerance, (epoch, name, got[epoch][name], value)
+    return worst
+
+
+def files_match_rows(job_id: str) -> bool:
+    artifacts = get_artifacts()
+    with session_scope() as session:
+        rows = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)))
+    named = {artifacts.path(p).name for r in rows for p in (r.weights_path, r.state_path)}
+    return {p.name for p in artifacts.job_dir(job_id).iterdir()} == named
+
+
+@pytest.fixture
+def fast_lease(configure: Callable[..., Settings], tmp_path: Path) -> Settings:
+    """SQLite, with a lease that times out in half a second."""
+    return migrated(
+        configure(
+            DESCENT_DATA_DIR=str(tmp_path / "data"),
+            DESCENT_LEASE_TIMEOUT_SECONDS="0.5",
+            DESCENT_HEARTBEAT_SECONDS="0.1",
+        )
+    )
+
+
+# ------------------------------------------------------------------ one execution
+
+
+def test_a_second_delivery_while_the_lease_is_live_does_nothing(db_env: Settings) -> None:
+    job_id = make_job(SPEC)
+    assert claim(job_id, "node-a/1") is not None  # the first delivery runs it...
+    assert run_job(job_id, worker="node-b/2") == "skipped"  # ...the second does nothing
+    job = job_row(job_id)
+    assert job.status == "running" and job.attempt == 1 and job.worker == "node-a/1"
+    assert stored_metrics(job_id) == {}
+
+
+def test_concurrent_deliveries_run_the_job_once(db_env: Settings) -> None:
+    job_id = make_job(SPEC)
+    outcomes: list[str] = []
+
+    def deliver(worker: str) -> None:
+        outcomes.append(run_job(job_id, worker=worker))
+
+    threads = [threading.Thread(target=deliver, args=(f"w{i}/{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["skipped", "skipped", "succeeded"]
+    job = job_row(job_id)
+    assert job.attempt == 1 and job.status == "succeeded"
+    assert sorted(stored_metrics(job_id)) == [1, 2, 3, 4, 5, 6]
+    assert run_job(job_id, worker="w9/9") == "skipped"  # finished: never run again
+
+
+def test_a_lease_of_a_dead_process_on_this_node_is_taken_at_once(sqlite_env: Settings) -> None:
+    job_id = make_job(SPEC)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert claim(job_id, f"node/{dead.pid}") is not None  # its heartbeat is fresh
+    assert run_job(job_id, worker=f"node/{os.getpid()}") == "succeeded"
+    assert job_row(job_id).attempt == 2
+
+
+def test_a_job_whose_lease_is_taken_over_stops_and_writes_nothing_more(
+    fast_lease: Settings,
+) -> None:
+    spec = {**SPEC, "training": {**SPEC["training"], "epochs": 400}}
+    job_id = make_job(spec)
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(run_job(job_id, worker="old/1")))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while job_row(job_id).epoch < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    with session_scope() as session:  # another worker took the job over (the old one stalled)
+        session.execute(update(Job).where(Job.id == job_id).values(worker="new/2"))
+        taken_at = session.get_one(Job, job_id).epoch
+    thread.join(timeout=60)
+    assert outcome == ["lost"]
+    job = job_row(job_id)
+    assert job.status == "running" and job.worker == "new/2"
+    assert job.epoch <= taken_at + 1  # at most the epoch that was committing meanwhile
+    assert max(stored_metrics(job_id)) == job.epoch
+
+
+def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(
+    configure: Callable[..., Settings], tmp_path: Path
+) -> None:
+    migrated(configure(DESCENT_DATA_DIR=str(tmp_path / "d"), DESCENT_LEASE_TIMEOUT_SECONDS="0.2"))
+    job_id = make_job(SPEC)
+    for attempt in (1, 2, 3):  # each "worker" claims it, then dies without a word
+        assert claim(job_id, f"doomed/{attempt}") is not None
+        time.sleep(0.25)
+    assert run_job(job_id, worker="w/4") == "skipped"
+    job = job_row(job_id)
+    assert job.status == "failed" and job.attempt == 3
+    assert "started 3 times" in job.error and "max_attempts 3" in job.error
+    assert job.stop["failure"] == "worker_lost"
+
+
+def test_lost_workers_can_be_configured_not_to_be_retried(
+    configure: Callable[..., Settings], tmp_path: Path
+) -> None:
+    migrated(
+        configure(
+            DESCENT_DATA_DIR=str(tmp_path / "d"),
+            DESCENT_LEASE_TIMEOUT_SECONDS="0.2",
+            DESCENT_RETRY_FAILURES="connection",
+        )
+    )
+    job_id = make_job(SPEC)
+    assert claim(job_id, "doomed/1") is not None
+    time.sleep(0.25)
+    assert run_job(job_id, worker="w/2") == "skipped"
+    job = job_row(job_id)
+    assert job.status == "failed" and "lost workers are not retried" in job.error
+
+
+# ------------------------------------------------------------------ failure classes
+
+
+def test_out_of_memory_fails_at_once_with_its_reason(
+    sqlite_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def oom(self: Trainer) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train", oom)
+    job_id = make_job(SPEC)
+    assert run_job(job_id, worker="w/1") == "failed"
+    job = job_row(job_id)
+    assert job.error == "out of memory: CUDA out of memory. Tried to allocate 20.00 GiB"
+    assert job.stop["failure"] == "out_of_memory" and job.attempt == 1
+
+
+def test_a_non_finite_loss_fails_at_once(sqlite_env: Settings) -> None:
+    spec = {**SPEC, "optimizer": {"name": "sgd", "lr": 1e8}, "schedule": None}
+    job_id = make_job({k: v for k, v in spec.items() if v is not None})
+    assert run_job(job_id, worker="w/1") == "failed"
+    job = job_row(job_id)
+    assert job.stop["failure"] == "non_finite_loss" and "lower the learning rate" in job.error
+
+
+def test_a_lost_connection_is_retried_from_the_last_checkpoint(
+    sqlite_env: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = make_job(SPEC)
+    real_epoch_end = runner.WorkerHooks.on_epoch_end
+
+    def flaky(self: runner.WorkerHooks, trainer: Trainer, record: Any) -> None:
+        if record.epoch == 4:
+            raise OperationalError("INSERT ...", {}, Exception("server closed the connection"))
+        real_epoch_end(self, trainer, record)
+
+    monkeypatch.setattr(runner.WorkerHooks, "on_epoch_end", flaky)
+    with pytest.raises(RetryableFailure) as raised:
+        run_job(job_id, worker="w/1")
+    assert raised.value.failure == "connection"
+    assert "server closed the connection" in raised.value.message
+    job = job_row(job_id)  # the lease is given back for the retry
+    assert job.status == "queued" and job.worker is None and job.epoch == 3
+    monkeypatch.setattr(runner.WorkerHooks, "on_epoch_end", real_epoch_end)
+    with caplog.at_level("INFO", logger="worker.runner"):
+        assert run_job(job_id, worker="w/2") == "succeeded"
+    assert "resumes after epoch 3" in caplog.text
+    assert job_row(job_id).attempt == 2
+    assert_same_run(job_id, SPEC)
+
+
+def test_the_task_retries_connection_failures_with_a_capped_backoff() -> None:
+    from worker.tasks import backoff
+
+    assert [backoff(n, 60) for n in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_a_used_up_compute_budget_stops_the_job(sqlite_env: Settings) -> None:
+    with session_scope() as session:
+        create_user(session, "local", {"device_hours": 1e-9})
+    job_id = make_job({**SPEC, "training": {**SPEC["training"], "epochs": 50}})
+    assert run_job(job_id, worker="w/1") == "failed"
+    job = job_row(job_id)
+    assert job.stop["reason"] == "budget" and "compute budget" in job.error
+    assert job.epoch < 50 and job.runtime_seconds > 0
+    with session_scope() as session:
+        set_limits(session, "local", {"device_hours": "default"})
+
+
+# ------------------------------------------------------------------ the sweeper
+
+
+def test_the_sweeper_queues_again_jobs_whose_worker_died(fast_lease: Settings) -> None:
+    dead, live, doomed, cancelled = (make_job(SPEC) for _ in range(4))
+    with session_scope() as session:
+        old = utcnow().replace(year=2000)
+        session.execute(
+            update(Job)
+            .where(Job.id.in_([dead, doomed, cancelled]))
+            .values(status=JobStatus.RUNNING, worker="gone/1", heartbeat_at=old, attempt=1)
+        )
+        session.execute(update(Job).where(Job.id == doomed).values(attempt=3))
+        session.execute(update(Job).where(Job.id == cancelled).values(cancel_requested=True))
+        session.execute(
+            update(Job)
+            .where(Job.id == live)
+            .values(status=JobStatus.RUNNING, worker="alive/1", heartbeat_at=utcnow())
+        )
+    sent: list[tuple[str, str]] = []
+    sessions = get_sessionmaker()
+    assert sweep(sessions, lambda job_id, queue: sent.append((job_id, queue)), fast_lease) == [dead]
+    assert sent == [(dead, "cpu")]
+    assert job_row(dead).status == "queued" and job_row(dead).worker is None
+    assert job_row(live).status == "running"
+    assert job_row(doomed).status == "failed" and "lost on each of its 3" in job_row(doomed).error
+    assert job_row(cancelled).status == "cancelled"
+    # A second sweeper (another worker) finds nothing left to do: one send, not two.
+    assert sweep(sessions, lambda *a: sent.append(a), fast_lease) == [] and len(sent) == 1
+    assert run_job(dead, worker="w/2") == "succeeded" and job_row(dead).attempt == 2
+
+
+def test_a_failed_send_leaves_the_job_for_the_next_sweep(fast_lease: Settings) -> None:
+    job_id = make_job(SPEC)
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status=JobStatus.RUNNING, worker="gone/1", heartbeat_at=None, attempt=1)
+        )
+
+    def broker_down(job_id: str, queue: str) -> None:
+        raise ConnectionError("broker down")
+
+    assert sweep(get_sessionmaker(), broker_down, fast_lease) == []
+    assert job_row(job_id).status == "running"
+    assert sweep(get_sessionmaker(), lambda *a: None, fast_lease) == [job_id]
+
+
+# ------------------------------------------------------------------ kill during a write
+
+VICTIM = """
+import os, signal, sys
+real_fsync = os.fsync
+
+def fsync(fd):
+    # Die as SIGKILL kills: in the middle of writing epoch 3's resume state, before the
+    # temp file is renamed into place.
+    if ".epoch-00003-1.state.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_fsync(fd)
+
+os.fsync = fsync
+from worker.runner import run_job
+run_job(sys.argv[1], worker="victim/1")
+"""
+
+
+def test_a_kill_during_a_checkpoint_write_loses_nothing(
+    fast_lease: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = make_job(SPEC)
+    victim = subprocess.run(
+        [sys.executable, "-c", VICTIM, job_id], cwd=ROOT, env=dict(os.environ), timeout=120
+    )
+    assert victim.returncode == -9  # killed, not finished
+    job = job_row(job_id)
+    assert job.status == "running" and job.epoch == 2 and job.worker == "victim/1"
+    folder = get_artifacts().job_dir(job_id)
+    leftovers = sorted(p.name for p in folder.iterdir())
+    assert any(n.startswith(".epoch-00003-1.state.pt.") for n in leftovers), leftovers
+    # The previous checkpoint is whole and loads.
+    with session_scope() as session:
+        last = session.scalars(
+            select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.epoch == 2)
+        ).one()
+    trainer = Trainer(JobSpec.model_validate(SPEC)).setup()
+    artifacts = get_artifacts()
+    trainer.load_checkpoint(artifacts.path(last.state_path), artifacts.path(last.weights_path))
+    assert trainer.epoch == 2
+
+    time.sleep(0.6)  # the victim's lease times out
+    with caplog.at_level("INFO", logger="worker.runner"):
+        assert run_job(job_id, worker="rescuer/2") == "succeeded"
+    assert "resumes after epoch 2" in caplog.text
+    job = job_row(job_id)
+    assert job.attempt == 2 and job.epoch == 6
+    assert files_match_rows(job_id)  # the temp file and the orphan weights are swept
+    assert_same_run(job_id, SPEC)
+
+
+class Died(BaseException):
+    """Stands for a worker that dies right after an epoch's commit."""
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_the_one_before(
+    fast_lease: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = {**SPEC, "checkpoints": {"keep_top_k": 6}}
+    job_id = make_job(spec)
+    real_epoch_end = runner.WorkerHooks.on_epoch_end
+
+    def dies_after_epoch_4(self: runner.WorkerHooks, trainer: Trainer, record: Any) -> None:
+        real_epoch_end(self, trainer, record)
+        if record.epoch == 4:
+            raise Died
+
+    monkeypatch.setattr(runner.WorkerHooks, "on_epoch_end", dies_after_epoch_4)
+    with pytest.raises(Died):
+        run_job(job_id, worker="first/1")
+    monkeypatch.setattr(runner.WorkerHooks, "on_epoch_end", real_epoch_end)
+    with session_scope() as session:
+        last = session.scalars(
+            select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.epoch == 4)
+        ).one()
+    path = get_artifacts().path(last.weights_path)
+    path.write_bytes(path.read_bytes()[:-8] + b"\x00" * 8)  # bit rot in the last one
+    time.sleep(0.6)
+    with caplog.at_level("INFO", logger="worker.runner"):
+        assert run_job(job_id, worker="second/2") == "succeeded"
+    assert "checkpoint of epoch 4 does not load" in caplog.text
+    assert "resumes after epoch 3" in caplog.text
+    assert_same_run(job_id, spec)

@@ -1,0 +1,125 @@
+"""The sweeper: queues again the jobs whose worker died.
+
+Redis gives an unacknowledged task back only after its visibility timeout (an hour by
+default, so that long jobs are not delivered twice), so the service does not wait for it: a
+job marked running whose heartbeat is older than the lease timeout has lost its worker, and
+is sent to its queue again, to resume from its last checkpoint. A job already started
+max_attempts times is failed instead, and a job whose cancel was asked for is cancelled.
+
+Every worker runs one (a thread in Celery's main process, started when the worker is ready);
+each change is a compare-and-set on the job's attempt and heartbeat, so when several
+sweepers see the same job, one of them acts. The sweeper uses an engine of its own that
+keeps no connection open, so the pool processes Celery forks never inherit one.
+"""
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from descent.settings import Settings
+from store.models import Job, JobStatus
+from worker.runner import WORKER_LOST, _cancel_stop, _failed_values, _finish_values
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, str], None]  # (job id, queue)
+
+
+def sweep(sessions: sessionmaker[Session], send: Send, settings: Settings) -> list[str]:
+    """One pass; returns the ids of the jobs queued again."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=settings.lease_timeout_seconds)
+    stale_lease = or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None))
+    with sessions() as session:
+        stale = session.execute(
+            select(
+                Job.id, Job.queue, Job.attempt, Job.worker, Job.epoch, Job.cancel_requested
+            ).where(Job.status == JobStatus.RUNNING, stale_lease)
+        ).all()
+    requeued = []
+    for job in stale:
+        requeue = False
+        values: dict[str, Any]
+        if job.cancel_requested:
+            values = _finish_values(JobStatus.CANCELLED, stop=_cancel_stop(job.epoch))
+        elif WORKER_LOST not in settings.retried_failures:
+            values = _failed_values(
+                f"its worker ({job.worker}) was lost, and lost workers are not retried",
+                WORKER_LOST,
+                job.epoch,
+            )
+        elif job.attempt >= settings.max_attempts:
+            values = _failed_values(
+                f"its worker ({job.worker}) was lost on each of its {job.attempt} attempts; "
+                f"it is not started again (max_attempts {settings.max_attempts})",
+                WORKER_LOST,
+                job.epoch,
+            )
+        else:
+            values = {"status": JobStatus.QUEUED, "worker": None, "heartbeat_at": None}
+            requeue = True
+        with sessions.begin() as session:
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job.id,
+                    Job.status == JobStatus.RUNNING,
+                    Job.attempt == job.attempt,
+                    stale_lease,
+                )
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            won = bool(result.rowcount)  # type: ignore[attr-defined]
+        if not won:
+            continue
+        if not requeue:
+            log.warning("job %s: %s", job.id, values.get("error") or "cancelled")
+            continue
+        try:
+            send(job.id, job.queue)
+        except Exception:
+            # Not queued after all: mark it running with no heartbeat, so the next pass
+            # tries again.
+            log.exception("job %s: could not be queued again", job.id)
+            with sessions.begin() as session:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
+                    .values(status=JobStatus.RUNNING, heartbeat_at=None)
+                )
+            continue
+        log.warning(
+            "job %s: its worker %s was lost; queued again to resume after epoch %d",
+            job.id,
+            job.worker,
+            job.epoch,
+        )
+        requeued.append(job.id)
+    return requeued
+
+
+class Sweeper(threading.Thread):
+    def __init__(self, engine: Engine, send: Send, settings: Settings) -> None:
+        super().__init__(name="descent-sweeper", daemon=True)
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self.engine, self.send, self.settings = engine, send, settings
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                sweep(self.sessions, self.send, self.settings)
+            except Exception as exc:  # noqa: BLE001 - the database may be down; try again later
+                log.warning("sweep failed: %s", exc)
+            if self.stopping.wait(self.settings.sweep_seconds):
+                return
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=5)
+        self.engine.dispose()
