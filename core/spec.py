@@ -14,11 +14,34 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-Task = Literal["classification", "regression"]
-DatasetName = Literal["digits", "iris", "wine", "breast_cancer", "moons", "regression"]
+# reconstruction: an autoencoder (input → encoder → decoder → input, MSE); segmentation: a
+# class per pixel (per-pixel cross-entropy) on an image + mask dataset.
+Task = Literal["classification", "regression", "reconstruction", "segmentation"]
+DatasetName = Literal["digits", "iris", "wine", "breast_cancer", "moons", "regression", "shapes"]
+UploadFormat = Literal["csv", "npz", "imagefolder"]
+TorchvisionArch = Literal[
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "convnext_tiny",
+]
 Activation = Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu"]
 Init = Literal[
     "default",
@@ -35,8 +58,9 @@ Mode = Literal["min", "max"]
 
 # Newton's method builds the full P x P Hessian: above this it is too slow and too large.
 NEWTON_MAX_PARAMETERS = 5_000
-# Max pooling halves the 8x8 digit images per conv block: three blocks reach 1x1.
-CNN_MAX_BLOCKS = 3
+# Max pooling halves the images per conv block: three blocks take 8x8 digits to 1x1, five
+# take 32x32 images there.
+CNN_MAX_BLOCKS = 5
 # Below this batch size batch statistics are noisy (notes 4.8.4): the job gets a warning.
 BATCH_NORM_MIN_BATCH = 16
 
@@ -55,20 +79,74 @@ class _Strict(BaseModel):
 class DatasetInfo:
     """What the core needs to know about a dataset before loading it."""
 
-    task: Task
+    task: Task  # what its targets are: classification, regression or segmentation (masks)
     n_samples: int
     n_features: int  # flattened input size
-    num_classes: int  # 0 for regression
+    num_classes: int  # 0 for regression; mask classes (background included) for segmentation
     image_shape: tuple[int, int, int] | None  # (C, H, W) for image datasets
+    class_names: tuple[str, ...] | None = None
+    # The largest value of the images' pixel format (16 for digits, 255 for 8-bit images, 1.0
+    # for images already in [0, 1]): pretrained backbones divide by it to see [0, 1] pixels.
+    pixel_max: float | None = None
+    # The tasks its targets also support besides `task` (an integer CSV column is classes or
+    # a number); every dataset supports reconstruction, which ignores the targets.
+    also: tuple[Task, ...] = ()
 
     @property
     def output_size(self) -> int:
         return self.num_classes if self.task == "classification" else 1
 
+    def supports(self, task: str) -> bool:
+        return task in (self.task, "reconstruction", *self.also)
 
-# Generated datasets (moons, regression) take their size from the spec; the rest are fixed.
+    def outputs_for(self, task: str) -> int:
+        """The model's output size for a task on this dataset (per pixel for segmentation)."""
+        if task in ("classification", "segmentation"):
+            return self.num_classes
+        if task == "reconstruction":
+            return self.n_features
+        return 1
+
+    def to_meta(self) -> dict[str, Any]:
+        """As JSON-ready metadata (the shape of core.uploads.inspect_dataset's answer)."""
+        return {
+            "task": self.task,
+            "n_samples": self.n_samples,
+            "n_features": self.n_features,
+            "num_classes": self.num_classes,
+            "image_shape": list(self.image_shape) if self.image_shape else None,
+            "class_names": list(self.class_names) if self.class_names is not None else None,
+            "pixel_max": self.pixel_max,
+            "tasks": [self.task, *self.also],
+        }
+
+    @classmethod
+    def from_upload(cls, meta: dict[str, Any]) -> DatasetInfo:
+        """From an upload's metadata (core.uploads.inspect_dataset's answer, as stored)."""
+        try:
+            task = meta["task"]
+            shape = meta.get("image_shape")
+            names = meta.get("class_names")
+            return cls(
+                task=task,
+                n_samples=int(meta["n_samples"]),
+                n_features=int(meta["n_features"]),
+                num_classes=int(meta.get("num_classes") or 0),
+                image_shape=tuple(int(d) for d in shape) if shape else None,  # type: ignore[arg-type]
+                class_names=tuple(str(n) for n in names) if names is not None else None,
+                pixel_max=float(meta["pixel_max"]) if meta.get("pixel_max") else None,
+                also=tuple(t for t in meta.get("tasks", ()) if t != task),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a dataset's upload metadata: {exc!r}") from None
+
+
+SHAPES_CLASSES = ("background", "square", "circle")
+
+# Generated datasets (moons, regression, shapes) take their size from the spec; the rest are
+# fixed.
 _BUILTIN: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("classification", 1797, 64, 10, (1, 8, 8)),
+    "digits": DatasetInfo("classification", 1797, 64, 10, (1, 8, 8), pixel_max=16.0),
     "iris": DatasetInfo("classification", 150, 4, 3, None),
     "wine": DatasetInfo("classification", 178, 13, 3, None),
     "breast_cancer": DatasetInfo("classification", 569, 30, 2, None),
@@ -76,50 +154,146 @@ _BUILTIN: dict[str, DatasetInfo] = {
 _GENERATED_DEFAULTS: dict[str, dict[str, Any]] = {
     "moons": {"n_samples": 500, "noise": 0.2},
     "regression": {"n_samples": 500, "noise": 10.0, "n_features": 10},
+    # Squares and circles on a background (3-channel images, a class per pixel).
+    "shapes": {"n_samples": 200, "noise": 0.05, "image_size": 32},
 }
+_UPLOAD_ONLY = ("id", "format", "target")
 
 
 class DatasetSpec(_Strict):
-    source: Literal["builtin"] = "builtin"
-    name: DatasetName
+    """A built-in dataset (`name`) or an uploaded one (`source: upload`, `id`).
+
+    An upload's format (and a CSV's target column) come from the upload when the spec is
+    validated with the uploads' metadata in the validation context (see JobSpec); written
+    here they must agree with it.
+    """
+
+    source: Literal["builtin", "upload"] = "builtin"
+    name: DatasetName | None = None
+    id: str | None = Field(None, min_length=1, max_length=100)  # the upload's id
+    format: UploadFormat | None = None
+    target: str | None = Field(None, min_length=1, max_length=200)  # a CSV's target column
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
-    # Only for the generated datasets (moons, regression); filled with their defaults.
+    # Only for the generated datasets (moons, regression, shapes); filled with their defaults.
     n_samples: int | None = Field(None, ge=20, le=200_000)
     noise: float | None = Field(None, ge=0.0)
     n_features: int | None = Field(None, ge=1, le=1_000)
+    image_size: int | None = Field(None, ge=8, le=256)
+    # Train on this many rows of the training split only (a stratified subset drawn with the
+    # seed: a small labelled set); the validation split stays whole.
+    train_size: int | None = Field(None, ge=2)
+
+    # An upload's metadata, from the validation context: not part of the spec.
+    _upload_info: DatasetInfo | None = PrivateAttr(None)
 
     @model_validator(mode="after")
-    def _generated_only(self) -> DatasetSpec:
-        defaults = _GENERATED_DEFAULTS.get(self.name)
+    def _source_fields(self, context: ValidationInfo) -> DatasetSpec:
         errors = []
-        for field in ("n_samples", "noise", "n_features"):
+        if self.source == "builtin":
+            if self.name is None:
+                errors.append(_error(("name",), "a builtin dataset needs a name", None))
+            for field in _UPLOAD_ONLY:
+                if getattr(self, field) is not None:
+                    message = f"{field} is for uploaded datasets (source: upload)"
+                    errors.append(_error((field,), message, getattr(self, field)))
+        else:
+            if self.id is None:
+                errors.append(_error(("id",), "an uploaded dataset needs the upload's id", None))
+            if self.name is not None:
+                message = "name is for builtin datasets; an upload is named by its id"
+                errors.append(_error(("name",), message, self.name))
+            if self.target is not None and self.format not in (None, "csv"):
+                message = f"target names a CSV column; a {self.format} upload holds its own"
+                errors.append(_error(("target",), message, self.target))
+        defaults = _GENERATED_DEFAULTS.get(self.name or "")
+        for field in ("n_samples", "noise", "n_features", "image_size"):
             applies = defaults is not None and field in defaults
             if not applies and getattr(self, field) is not None:
                 errors.append(
                     _error(
                         (field,),
-                        f"{field} does not apply to dataset {self.name!r}",
+                        f"{field} does not apply to dataset {self.name or 'uploads'!r}",
                         getattr(self, field),
                     )
                 )
             elif applies and getattr(self, field) is None:
                 setattr(self, field, defaults[field])  # type: ignore[index]
         _raise(errors)
+        uploads = (context.context or {}).get("uploads") if context else None
+        if self.source == "upload" and uploads is not None:
+            self._from_upload(uploads)
         return self
 
-    def info(self) -> DatasetInfo:
+    def _from_upload(self, uploads: dict[str, Any]) -> None:
+        meta = uploads.get(self.id)
+        if meta is None:
+            _raise([_error(("id",), f"there is no dataset upload {self.id!r}", self.id)])
+        errors = []
+        stored_format, stored_target = meta.get("format"), meta.get("target")
+        if self.format is not None and stored_format and self.format != stored_format:
+            message = f"upload {self.id!r} is a {stored_format} dataset, not {self.format}"
+            errors.append(_error(("format",), message, self.format))
+        if self.target is not None and stored_target and self.target != stored_target:
+            columns = meta.get("columns") or []
+            if columns and self.target not in columns:
+                message = f"upload {self.id!r} has no column {self.target!r}"
+            else:
+                message = (
+                    f"upload {self.id!r} was checked with target column {stored_target!r}; "
+                    f"upload it again to use {self.target!r}"
+                )
+            errors.append(_error(("target",), message, self.target))
+        _raise(errors)
+        try:
+            self._upload_info = DatasetInfo.from_upload(meta)
+        except ValueError as exc:
+            _raise([_error(("id",), f"upload {self.id!r}: {exc}", self.id)])
+        self.format = self.format or stored_format
+        self.target = self.target or stored_target
+
+    @property
+    def label(self) -> str:
+        """How messages name the dataset."""
+        return repr(self.name) if self.source == "builtin" else f"upload {self.id!r}"
+
+    def known_info(self) -> DatasetInfo | None:
+        """The dataset's info, or None for an upload whose metadata was not given."""
+        if self.source == "upload":
+            return self._upload_info
         if self.name in _BUILTIN:
             return _BUILTIN[self.name]
         if self.name == "moons":
             return DatasetInfo("classification", self.n_samples or 0, 2, 2, None)
+        if self.name == "shapes":
+            size = self.image_size or 0
+            return DatasetInfo(
+                "segmentation",
+                self.n_samples or 0,
+                3 * size * size,
+                len(SHAPES_CLASSES),
+                (3, size, size),
+                class_names=SHAPES_CLASSES,
+                pixel_max=1.0,
+            )
         return DatasetInfo("regression", self.n_samples or 0, self.n_features or 0, 0, None)
 
-    def split_sizes(self) -> tuple[int, int]:
-        """(train, val) sizes exactly as sklearn's train_test_split rounds them."""
-        n = self.info().n_samples
+    def info(self) -> DatasetInfo:
+        info = self.known_info()
+        if info is None:
+            raise ValueError(
+                f"the metadata of upload {self.id!r} is not known here: validate the spec with "
+                "context={'uploads': {id: metadata}}, or load the file (core.data.load_data)"
+            )
+        return info
+
+    def split_sizes(self, info: DatasetInfo | None = None) -> tuple[int, int]:
+        """(train, val) sizes exactly as sklearn's train_test_split rounds them (train after
+        train_size)."""
+        n = (info or self.info()).n_samples
         n_val = math.ceil(self.val_fraction * n)
-        return n - n_val, n_val
+        n_train = n - n_val
+        return min(n_train, self.train_size or n_train), n_val
 
 
 # --------------------------------------------------------------------------- model
@@ -151,23 +325,205 @@ class ModelSpec(_Strict):
         }.get(value, value)
 
 
-def parameter_count(model: ModelSpec, dataset: DatasetInfo) -> int:
-    """Trainable parameters of the model core.models builds, counted without building it."""
-    norm_params = 0 if model.norm == "none" else 2  # weight and bias per feature/channel
-    out = dataset.output_size
+# --------------------------------------------------------------------------- backbones
+
+
+@dataclass(frozen=True)
+class TorchvisionBody:
+    """A torchvision model cut before its classifier's last linear layer (the head that a
+    job replaces): counted here so that the spec can size a model without torch."""
+
+    width: int  # features the cut model gives per image (into the replaced linear layer)
+    parameters: int  # of the cut model
+    channels: int  # of its convolutional feature map (what segmentation decodes)
+    feature_parameters: int  # of the convolutional part alone
+    head_keys: tuple[str, ...]  # the replaced layer's state-dict keys
+
+
+# Checked against torchvision by tests/core/test_backbones.py.
+TORCHVISION_BODIES: dict[str, TorchvisionBody] = {
+    "resnet18": TorchvisionBody(512, 11_176_512, 512, 11_176_512, ("fc.weight", "fc.bias")),
+    "resnet34": TorchvisionBody(512, 21_284_672, 512, 21_284_672, ("fc.weight", "fc.bias")),
+    "resnet50": TorchvisionBody(2048, 23_508_032, 2048, 23_508_032, ("fc.weight", "fc.bias")),
+    "mobilenet_v3_small": TorchvisionBody(
+        1024, 1_517_856, 576, 927_008, ("classifier.3.weight", "classifier.3.bias")
+    ),
+    "mobilenet_v3_large": TorchvisionBody(
+        1280, 4_202_032, 960, 2_971_952, ("classifier.3.weight", "classifier.3.bias")
+    ),
+    "efficientnet_b0": TorchvisionBody(
+        1280, 4_007_548, 1280, 4_007_548, ("classifier.1.weight", "classifier.1.bias")
+    ),
+    "convnext_tiny": TorchvisionBody(
+        768, 27_820_128, 768, 27_818_592, ("classifier.2.weight", "classifier.2.bias")
+    ),
+}
+# Pretrained torchvision models see 3-channel images in [0, 1], normalized with these.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _Adaptation(_Strict):
+    """How a pretrained backbone adapts to the new task (notes 4.9): freeze it so only the
+    head trains, and/or train it with a smaller learning rate than the head."""
+
+    # Only the head trains; the backbone's batch-norm statistics stay as they were.
+    freeze: bool = False
+    # The backbone trains with lr × lr_scale (its own optimizer parameter group).
+    lr_scale: float | None = Field(None, gt=0.0, le=1.0)
+    # Gradual unfreezing: a frozen backbone joins training at the start of this epoch.
+    unfreeze_at_epoch: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _Adaptation:
+        errors = []
+        if self.unfreeze_at_epoch is not None and not self.freeze:
+            message = "unfreeze_at_epoch unfreezes a frozen backbone: set freeze: true"
+            errors.append(_error(("unfreeze_at_epoch",), message, self.unfreeze_at_epoch))
+        if self.freeze and self.lr_scale is not None and self.unfreeze_at_epoch is None:
+            message = (
+                "a frozen backbone never trains, so lr_scale would not apply: "
+                "set unfreeze_at_epoch, or freeze: false"
+            )
+            errors.append(_error(("lr_scale",), message, self.lr_scale))
+        _raise(errors)
+        return self
+
+
+class JobBackbone(_Adaptation):
+    """The encoder of a finished job of the same owner, from its best checkpoint: an
+    autoencoder's encoder (task reconstruction), or generally a job's layers up to its head."""
+
+    from_job: str = Field(min_length=1, max_length=100)
+    part: Literal["encoder"] = "encoder"  # everything up to the head
+
+
+class TorchvisionBackbone(_Adaptation):
+    """A torchvision model with its classifier replaced by a head for the task.
+
+    weights: "default" (torchvision's named weights, from the TORCH_HOME cache or
+    downloaded), "upload:<weights id>" (an uploaded state dict), or "none" (random).
+    Inputs are resized to input_size and normalized as the pretrained model expects
+    (224 is what ImageNet models were trained at; smaller is faster).
+    """
+
+    arch: TorchvisionArch
+    weights: str = "default"
+    input_size: int = Field(64, ge=32, le=1024)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: str) -> str:
+        if value in ("none", "default") or (value.startswith("upload:") and len(value) > 7):
+            return value
+        raise PydanticCustomError(
+            "invalid_spec", "weights is none, default or upload:<weights id>", {}
+        )
+
+    @property
+    def upload_id(self) -> str | None:
+        return self.weights.removeprefix("upload:") if self.weights.startswith("upload:") else None
+
+
+def _backbone_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "job" if "from_job" in value else "torchvision"
+    return "job" if isinstance(value, JobBackbone) else "torchvision"
+
+
+BackboneSpec = Annotated[
+    Annotated[JobBackbone, Tag("job")] | Annotated[TorchvisionBackbone, Tag("torchvision")],
+    Discriminator(_backbone_kind),
+]
+
+
+# --------------------------------------------------------------------------- model layout
+#
+# Every model is input → body → head. The body is what a later job can take as its backbone
+# (the encoder): an MLP's or CNN's hidden blocks, or a cut torchvision model. The head is
+# what the task needs on top: a linear layer (or, with a backbone, an MLP of model.hidden)
+# for classification and regression, a decoder back to the input for reconstruction, a
+# small convolutional decoder to a class per pixel for segmentation. The counts below are
+# those of core.models' modules, so a spec is sized without building it.
+
+
+@dataclass(frozen=True)
+class BodyShape:
+    flat: int  # features per sample, flattened
+    channels: int  # of the feature map (0 for a flat body)
+    parameters: int
+
+
+def _norm_parameters(model: ModelSpec) -> int:
+    return 0 if model.norm == "none" else 2  # weight and bias per feature/channel
+
+
+def _mlp_blocks(model: ModelSpec, width: int, widths: list[int]) -> tuple[int, int]:
+    total = 0
+    for h in widths:
+        total += width * h + h + _norm_parameters(model) * h
+        width = h
+    return total, width
+
+
+def decoder_widths(model: ModelSpec) -> list[int]:
+    """A convolutional decoder's widths: the CNN's channels, mirrored."""
+    return list(reversed(model.channels))
+
+
+def _conv_decoder(widths: list[int], c_in: int, c_out: int) -> int:
+    total = 0
+    for w in widths:  # upsample x2, 3x3 convolution
+        total += c_in * w * 9 + w
+        c_in = w
+    return total + c_in * c_out + c_out  # 1x1 convolution to the outputs
+
+
+def body_shape(
+    model: ModelSpec,
+    backbone: TorchvisionBackbone | None,
+    info: DatasetInfo,
+    task: str,
+) -> BodyShape:
+    """The body that `model` (or a torchvision backbone) makes on this dataset."""
+    if backbone is not None:
+        tv = TORCHVISION_BODIES[backbone.arch]
+        if task == "segmentation":
+            return BodyShape(0, tv.channels, tv.feature_parameters)
+        return BodyShape(tv.width, 0, tv.parameters)
     if model.arch == "mlp":
-        total, width = 0, dataset.n_features
-        for h in model.hidden:
-            total += width * h + h + norm_params * h
-            width = h
-        return total + width * out + out
-    assert dataset.image_shape is not None
-    c_in, size, _ = dataset.image_shape
+        total, width = _mlp_blocks(model, info.n_features, model.hidden)
+        return BodyShape(width, 0, total)
+    assert info.image_shape is not None
+    c_in, h, w = info.image_shape
     total = 0
     for c in model.channels:
-        total += c_in * c * 9 + c + norm_params * c  # 3x3 convolution
-        c_in, size = c, size // 2
-    return total + c_in * size * size * out + out
+        total += c_in * c * 9 + c + _norm_parameters(model) * c  # 3x3 convolution
+        c_in, h, w = c, h // 2, w // 2
+    return BodyShape(c_in * h * w, c_in, total)
+
+
+def head_parameters(
+    model: ModelSpec, body: BodyShape, info: DatasetInfo, task: str, *, backbone: bool
+) -> int:
+    out = info.outputs_for(task)
+    if task == "segmentation":
+        return _conv_decoder(decoder_widths(model), body.channels, out)
+    if task == "reconstruction":
+        if model.arch == "cnn":
+            assert info.image_shape is not None
+            return _conv_decoder(decoder_widths(model), body.channels, info.image_shape[0])
+        total, width = _mlp_blocks(model, body.flat, list(reversed(model.hidden[:-1])))
+        return total + width * out + out
+    total, width = _mlp_blocks(model, body.flat, model.hidden if backbone else [])
+    return total + width * out + out
+
+
+def parameter_count(model: ModelSpec, dataset: DatasetInfo, task: str | None = None) -> int:
+    """Parameters of the model core.models builds without a backbone, counted without it."""
+    task = task or dataset.task
+    body = body_shape(model, None, dataset, task)
+    return body.parameters + head_parameters(model, body, dataset, task, backbone=False)
 
 
 # --------------------------------------------------------------------------- optimizer

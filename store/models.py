@@ -102,6 +102,10 @@ class Job(Base):
     stop: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     diagnosis: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What is allowed but probably not meant (batch norm on small batches, leaked samples).
+    warnings: Mapped[list[str] | None] = mapped_column(JSON)
+    # {"trainable": n, "frozen": m}, known once the worker has built the model.
+    parameters: Mapped[dict[str, int] | None] = mapped_column(JSON)
     # Cancelling only sets this flag; the worker's training loop sees it within a step.
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # The lease of the worker running the job (one execution at a time).

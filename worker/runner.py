@@ -337,6 +337,8 @@ class WorkerHooks(TrainerHooks):
             job.best_epoch = record.best_epoch
             job.best_value = finite(record.best_value)
             job.patience_wait = record.wait
+            if record.diagnosis is not None:
+                job.diagnosis = record.diagnosis
             job.runtime_seconds = (job.runtime_seconds or 0.0) + seconds
             job.heartbeat_at = now()
             if record.is_best:
@@ -447,7 +449,7 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
             log.warning("job %s: %s; it will be retried from its last checkpoint", job_id, message)
             _release(job_id, worker)
             raise RetryableFailure(failure, message) from exc
-        _fail(job_id, worker, message, failure)
+        _fail(job_id, worker, message, failure, diagnosis=getattr(exc, "diagnosis", None))
         return "failed"
     finally:
         lease.done.set()
@@ -512,15 +514,26 @@ def _succeed(job_id: str, worker: str, result: FitResult) -> str:
             best_value=finite(result.best_value),
             patience_wait=job.patience_wait,
         )
+        job.diagnosis = result.diagnosis or job.diagnosis
+        job.warnings = result.warnings
         finish(session, job, status, stop=stop)
     return result.status
 
 
-def _fail(job_id: str, worker: str, message: str, failure: str, *, reason: str = "error") -> None:
+def _fail(
+    job_id: str,
+    worker: str,
+    message: str,
+    failure: str,
+    *,
+    reason: str = "error",
+    diagnosis: dict[str, Any] | None = None,
+) -> None:
     with session_scope() as session:
         job = session.get_one(Job, job_id, with_for_update=True)
         if job.worker != worker:
             return
+        job.diagnosis = diagnosis or job.diagnosis
         stop = {
             "reason": reason,
             "rule": None,

@@ -41,6 +41,8 @@ class JobPublic(BaseModel):
     stop: dict[str, Any] | None
     error: str | None
     diagnosis: dict[str, Any] | None
+    warnings: list[str]
+    parameters: dict[str, int] | None
     cancel_requested: bool
     attempt: int
     # Seconds of training so far, over all attempts (what counts against a compute budget).
@@ -72,6 +74,8 @@ class JobPublic(BaseModel):
             stop=json_safe(job.stop),
             error=job.error,
             diagnosis=json_safe(job.diagnosis),
+            warnings=job.warnings or [],
+            parameters=job.parameters,
             cancel_requested=job.cancel_requested,
             attempt=job.attempt,
             runtime_seconds=job.runtime_seconds or 0.0,

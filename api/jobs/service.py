@@ -13,7 +13,7 @@ from api.db import on_commit
 from api.encoding import as_utc, non_finite_paths
 from api.errors import Conflict, InvalidParameter, NotFound, TooManyRequests, Unavailable
 from api.queue import TaskQueue
-from core.spec import JobSpec
+from core.spec import JobSpec, warnings
 from descent.settings import Settings
 from store.db import session_scope
 from store.models import Job, JobStatus, utcnow
@@ -42,6 +42,7 @@ def submit_job(
         queue=settings.gpu_queue if spec.training.device == "cuda" else settings.cpu_queue,
         monitor=stopping.monitor if stopping else "val_loss",
         mode=(stopping.mode if stopping else None) or "min",
+        warnings=warnings(spec),
     )
     session.add(job)
     session.flush()

@@ -111,6 +111,13 @@ def test_early_stopping_stops_an_overfitting_job_and_keeps_the_best(
     assert final["best"]["value"] == pytest.approx(min(val), abs=1e-9)
     assert final["last"]["value"] > final["best"]["value"]
     assert len(history) == stop["epoch"] < 300
+    # The fit diagnosis reads the same history: validation loss rose while training fell.
+    diagnosis = final["diagnosis"]
+    assert diagnosis["final"] and diagnosis["verdict"] == "overfitting", diagnosis
+    assert diagnosis["remedies"]
+    assert len(diagnosis["gap"]) == len(history)
+    gap = [item["metrics"]["val_loss"] - item["metrics"]["train_loss"] for item in history]
+    assert diagnosis["gap"] == pytest.approx(gap, abs=1e-6)
 
 
 def long_job(name: str) -> dict[str, Any]:

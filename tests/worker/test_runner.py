@@ -105,3 +105,21 @@ def test_a_diverging_job_fails_with_its_reason_and_keeps_its_history(sqlite_env:
     assert job.status == "failed"
     assert "lower the learning rate" in job.error and job.finished_at is not None
     assert set(epochs) == set(range(1, job.epoch + 1))
+
+
+def test_the_job_record_carries_the_diagnosis_and_warnings(sqlite_env: Settings) -> None:
+    # Batch norm on batches of 8 is allowed, with a warning; one epoch at a tiny learning
+    # rate has not learned yet: underfitting.
+    spec = {
+        **SPEC,
+        "model": {"arch": "mlp", "hidden": [8], "norm": "batch"},
+        "optimizer": {"name": "sgd", "lr": 1e-5, "momentum": 0.0},
+        "training": {"epochs": 1, "batch_size": 8, "seed": 0},
+    }
+    job_id = make_job(spec)
+    assert run_job(job_id, worker="w1") == "succeeded"
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+    assert job.diagnosis["final"] is True
+    assert job.diagnosis["verdict"] == "underfitting", job.diagnosis
+    assert any("batch norm" in warning for warning in job.warnings)
