@@ -10,8 +10,11 @@ batch size, same device (CPU).
 
     python -m benchmarks.bench_core [--epochs 6] [--repeats 3] [--case NAME ...] [--threads N]
 
-Prints per-epoch milliseconds (median over the repeats, after a warm-up run of each) and
-the ratio core/plain: below 1 the core is faster.
+Each repeat makes a fresh core run and a fresh plain run, discards one warm-up epoch of
+each, then times their epochs interleaved one by one, so that other load on the machine
+hits both alike. Prints per-epoch milliseconds (medians over every timed epoch) and the
+median of the per-pair ratios core/plain: below 1 the core is faster. torch's thread count
+is left at its default (printed); --threads sets it, for diagnosis only.
 """
 
 import argparse

@@ -90,6 +90,7 @@ def one_job(svc: Service) -> dict[str, float]:
     while True:
         page = http.get(url)
         polls += 1
+        assert page.status_code == 200, page.text
         items = page.json()["items"]
         if items:
             break

@@ -1,19 +1,29 @@
-"""Built-in datasets as tensors that live on the training device.
+"""Datasets as tensors that live on the training device.
 
-The datasets are small (at most a few thousand rows), so the whole split sits on the device
-and the training loop slices batches out of it: no DataLoader, no per-batch host copies.
+Built-in datasets (scikit-learn's, and the generated moons, regression and shapes) and
+uploaded ones (core.uploads reads them from the files in core.resources.Resources). They
+are small enough that the whole split sits on the device and the training loop slices
+batches out of it: no DataLoader, no per-batch host copies.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from sklearn import datasets as skdatasets
 from sklearn.model_selection import train_test_split
 
+from core.errors import InvalidUpload, TrainingError
+from core.resources import Resources
 from core.spec import DatasetInfo, DatasetSpec
+
+# standardize: per feature (per channel for images) with the training split's statistics;
+# unit: pixels divided by the format's maximum, to [0, 1] (what pretrained torchvision
+# backbones take; the model normalizes them further itself).
+Scaling = Literal["standardize", "unit"]
 
 
 @dataclass
@@ -43,8 +53,44 @@ class Data:
         raise ValueError(f"unknown split {name!r}: use 'train' or 'val'")
 
 
+def make_shapes(
+    n_samples: int, image_size: int, noise: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Squares and circles on a background: images (N, 3, S, S) in [0, 1] and masks (N, S, S)
+    of core.spec.SHAPES_CLASSES (0 background, 1 square, 2 circle).
+
+    Each image has a dark background of a random colour and 1 to 3 shapes of random bright
+    colours and sizes, later shapes over earlier ones; Gaussian noise of std `noise` on top.
+    Colour says shape from background; only the outline says square from circle.
+    """
+    rng = np.random.default_rng(seed)
+    s = image_size
+    rows, cols = np.mgrid[0:s, 0:s].astype(np.float64) + 0.5
+    x = np.empty((n_samples, 3, s, s), dtype=np.float64)
+    y = np.zeros((n_samples, s, s), dtype=np.int64)
+    for i in range(n_samples):
+        image = np.broadcast_to(rng.uniform(0.0, 0.35, (3, 1, 1)), (3, s, s)).copy()
+        for _ in range(rng.integers(1, 4)):
+            kind = int(rng.integers(1, 3))
+            r = rng.uniform(s / 10, s / 5)
+            cy, cx = rng.uniform(r, s - r, 2)
+            if kind == 1:
+                inside = (np.abs(rows - cy) <= r) & (np.abs(cols - cx) <= r)
+            else:
+                inside = (rows - cy) ** 2 + (cols - cx) ** 2 <= r * r
+            image[:, inside] = rng.uniform(0.55, 1.0, (3, 1))
+            y[i, inside] = kind
+        x[i] = image
+    x += rng.normal(0.0, noise, x.shape)
+    return np.clip(x, 0.0, 1.0).astype(np.float32), y
+
+
 def raw_arrays(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
-    """The dataset's features (n, features) and labels/targets as numpy arrays."""
+    """A built-in dataset's inputs, (n, features) or (n, C, H, W) for shapes, and its
+    labels/targets (masks for shapes) as numpy arrays."""
+    if spec.name == "shapes":
+        assert spec.n_samples and spec.image_size and spec.noise is not None
+        return make_shapes(spec.n_samples, spec.image_size, spec.noise, spec.seed)
     if spec.name == "moons":
         return skdatasets.make_moons(
             n_samples=spec.n_samples, noise=spec.noise, random_state=spec.seed
@@ -73,9 +119,11 @@ def shared_samples(x_train: np.ndarray, x_val: np.ndarray) -> int:
     A model scores these from memory, so they make the validation loss look better than the
     model generalizes (leakage). Rows compare by their bytes, in one pass of hashing.
     """
-    x_train = np.ascontiguousarray(x_train, dtype=np.float64).reshape(len(x_train), -1)
-    x_val = np.ascontiguousarray(x_val, dtype=np.float64).reshape(len(x_val), -1)
-    x_train, x_val = x_train + 0.0, x_val + 0.0  # -0.0 → 0.0, so equal values hash equal
+    x_train = np.ascontiguousarray(x_train).reshape(len(x_train), -1)
+    x_val = np.ascontiguousarray(x_val).reshape(len(x_val), -1)
+    if x_train.dtype.kind == "f" or x_val.dtype != x_train.dtype:
+        x_train = x_train.astype(np.float64) + 0.0  # -0.0 → 0.0, so equal values hash equal
+        x_val = x_val.astype(np.float64) + 0.0
     seen = {row.tobytes() for row in x_train}
     return sum(row.tobytes() in seen for row in x_val)
 
@@ -86,50 +134,100 @@ def majority_baseline(y_train: np.ndarray) -> float:
     return float(counts.max() / counts.sum())
 
 
+def read_source(
+    spec: DatasetSpec, resources: Resources | None = None
+) -> tuple[np.ndarray, np.ndarray, DatasetInfo, dict | None]:
+    """(x, y, info, upload metadata or None) of a built-in or uploaded dataset."""
+    if spec.source != "upload":
+        x, y = raw_arrays(spec)
+        return x, y, spec.info(), None
+    from core.uploads import read_dataset
+
+    assert spec.id is not None
+    path = (resources or Resources()).dataset(spec.id)
+    try:
+        x, y, meta = read_dataset(path, spec.format, spec.target)
+    except InvalidUpload as exc:
+        raise TrainingError(f"dataset upload {spec.id!r} cannot be used: {exc}") from None
+    return x, y, DatasetInfo.from_upload(meta), meta
+
+
 def load_data(
     spec: DatasetSpec,
     *,
     images: bool = False,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    resources: Resources | None = None,
+    task: str | None = None,
+    scaling: Scaling = "standardize",
 ) -> Data:
-    """Split by spec.seed (stratified for classification) and standardize with train statistics.
+    """Split by spec.seed (stratified for classification datasets), keep train_size rows of
+    the training split, and scale with its statistics.
 
-    images=True returns image datasets as (N, C, H, W) for a CNN, standardized per channel;
-    otherwise rows are flat and standardized per feature.
+    images=True returns image datasets as (N, C, H, W) for convolutional models, standardized
+    per channel; otherwise rows are flat and standardized per feature. task (default: the
+    dataset's) picks the targets: class indices, standardized values (regression) or masks.
     """
-    info = spec.info()
-    x, y = raw_arrays(spec)
-    classification = info.task == "classification"
+    x, y, info, meta = read_source(spec, resources)
+    task = task or info.task
+    if task == "reconstruction":
+        task = info.task  # the targets are kept as they are; the loss ignores them
+    classes = info.task == "classification"
     x_tr, x_va, y_tr, y_va = train_test_split(
         x,
         y,
         test_size=spec.val_fraction,
         random_state=spec.seed,
-        stratify=y if classification else None,
+        stratify=y if classes else None,
     )
+    if spec.train_size is not None and spec.train_size < len(x_tr):
+        x_tr, _, y_tr, _ = train_test_split(
+            x_tr,
+            y_tr,
+            train_size=spec.train_size,
+            random_state=spec.seed,
+            stratify=y_tr if classes else None,
+        )
+    if meta is not None and task == "regression":
+        from core.uploads import classification_labels
+
+        y_tr = classification_labels(meta, y_tr, task)
+        y_va = classification_labels(meta, y_va, task)
     shared = shared_samples(x_tr, x_va)  # on the raw inputs, before any scaling
-    baseline = majority_baseline(y_tr) if classification else None
+    baseline = majority_baseline(y_tr) if task in ("classification", "segmentation") else None
+    if x_tr.dtype.kind != "f":
+        # 8-bit images: float32 is exact for them and a quarter of float64's memory.
+        x_tr, x_va = x_tr.astype(np.float32), x_va.astype(np.float32)
     if images:
         if info.image_shape is None:
-            raise ValueError(f"dataset {spec.name!r} has no images")
+            raise ValueError(f"dataset {spec.label} has no images")
         x_tr = x_tr.reshape(-1, *info.image_shape)
         x_va = x_va.reshape(-1, *info.image_shape)
         axes: tuple[int, ...] = (0, 2, 3)
     else:
+        x_tr = x_tr.reshape(len(x_tr), -1)
+        x_va = x_va.reshape(len(x_va), -1)
         axes = (0,)
-    # Statistics of the training split only: using validation rows would leak them into training.
-    mean = x_tr.mean(axis=axes, keepdims=True)
-    std = x_tr.std(axis=axes, keepdims=True)
-    std[std == 0] = 1.0  # constant features (e.g. digits' always-blank corner pixels)
-    x_tr = (x_tr - mean) / std
-    x_va = (x_va - mean) / std
+    if scaling == "unit":
+        if info.pixel_max is None or not images:
+            raise ValueError(f"dataset {spec.label} has no images to scale to [0, 1]")
+        x_tr, x_va = x_tr / info.pixel_max, x_va / info.pixel_max
+        mean = np.zeros((1, x_tr.shape[1], 1, 1))
+        std = np.ones((1, x_tr.shape[1], 1, 1))
+    else:
+        # Statistics of the training split only: validation rows would leak into training.
+        mean = x_tr.mean(axis=axes, keepdims=True)
+        std = x_tr.std(axis=axes, keepdims=True)
+        std[std == 0] = 1.0  # constant features (e.g. digits' always-blank corner pixels)
+        x_tr = (x_tr - mean) / std
+        x_va = (x_va - mean) / std
 
     def tensor(a: np.ndarray, dt: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a), dtype=dt).to(device)
 
     t_mean, t_std = 0.0, 1.0
-    if classification:
+    if task in ("classification", "segmentation"):
         label_dtype = torch.int64
     else:
         # Targets of make_regression are in the hundreds; standardized, the lr means the same

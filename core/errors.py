@@ -21,3 +21,8 @@ class NonFiniteLoss(TrainingError):
             f"loss became {kind} at epoch {epoch}, step {step}: "
             "lower the learning rate or clip gradients"
         )
+
+
+class InvalidUpload(ValueError):
+    """An uploaded dataset or weights file is refused; the message says why (shown to the
+    user, who sent the file)."""

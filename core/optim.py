@@ -340,21 +340,48 @@ def decayed(parameter: torch.Tensor) -> bool:
     return parameter.dim() >= 2
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, weight_decay: float, body_lr_scale: float | None = None
+) -> list[dict[str, Any]]:
+    """The trainable parameters in optimizer groups: apart by weight decay (weight matrices
+    and kernels decay, the rest not); with body_lr_scale, model.body's parameters apart
+    from the rest, their groups marked "lr_scale" (the training loop sets each group's lr
+    to the schedule's lr × its lr_scale)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if body_lr_scale is None:
+        return decay_groups(params, weight_decay)
+    body = model.body
+    assert isinstance(body, nn.Module)
+    in_body = {id(p) for p in body.parameters()}
+    head = [p for p in params if id(p) not in in_body]
+    backbone = [p for p in params if id(p) in in_body]
+    return decay_groups(head, weight_decay, 1.0) + decay_groups(
+        backbone, weight_decay, body_lr_scale
+    )
+
+
+def decay_groups(
+    params: list[torch.Tensor], weight_decay: float, lr_scale: float | None = None
+) -> list[dict[str, Any]]:
+    scale = {} if lr_scale is None else {"lr_scale": lr_scale}
     if not weight_decay:
-        return [{"params": params}]
+        return [{"params": params, **scale}] if params or lr_scale is None else []
     groups = [
-        {"params": [p for p in params if decayed(p)], "weight_decay": weight_decay},
-        {"params": [p for p in params if not decayed(p)], "weight_decay": 0.0},
+        {"params": [p for p in params if decayed(p)], "weight_decay": weight_decay, **scale},
+        {"params": [p for p in params if not decayed(p)], "weight_decay": 0.0, **scale},
     ]
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(spec: JobSpec, model: nn.Module) -> Optimizer:
     o = spec.optimizer
-    groups = param_groups(model, spec.regularization.weight_decay)
+    backbone = spec.backbone
+    scale = backbone.lr_scale if backbone is not None else None
+    groups = param_groups(model, spec.regularization.weight_decay, scale)
     assert o.lr is not None  # filled by the spec's validator
+    for group in groups:
+        if "lr_scale" in group:
+            group["lr"] = o.lr * group["lr_scale"]
     if o.name == "sgd":
         assert o.momentum is not None
         if o.momentum == 0 or spec.schedule.name == "constant":

@@ -847,10 +847,24 @@ class CheckpointSpec(_Strict):
 
 
 class JobSpec(_Strict):
+    """A job's whole configuration.
+
+    Validated with a context, `JobSpec.model_validate(body, context={"uploads": {id: meta},
+    "jobs": {id: {"status": ..., "spec": ...}}})`, it is checked against the uploads and
+    jobs it names (an upload's format and target are then filled in from its metadata);
+    the API passes the owner's own uploads and jobs only, so another owner's reads as
+    missing. Without a context (the worker, a notebook) those checks are skipped: the
+    worker finds the files through core.resources.Resources and fails the job if they do
+    not fit.
+    """
+
     name: str | None = Field(None, max_length=200)
     task: Task | None = None  # default: the dataset's task
     dataset: DatasetSpec
+    # Without a backbone, the whole model; with one, the head on the backbone's features
+    # (an MLP of model.hidden, a linear layer by default; segmentation: the decoder).
     model: ModelSpec = Field(default_factory=ModelSpec)
+    backbone: BackboneSpec | None = None
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     regularization: RegularizationSpec = Field(default_factory=RegularizationSpec)
     # Applied in this order to each training batch (never to validation data); image datasets only.
@@ -860,28 +874,67 @@ class JobSpec(_Strict):
     early_stopping: EarlyStoppingSpec | None = None
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
 
+    # The backbone job's spec, from the validation context: not part of the spec.
+    _source: JobSpec | None = PrivateAttr(None)
+
     @field_validator("augmentation", mode="before")
     @classmethod
     def _short_ops(cls, value: Any) -> Any:
         return [_expand_op(item) for item in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
-    def _cross_field(self) -> JobSpec:
-        info = self.dataset.info()
-        if self.task is None:
+    def _cross_field(self, context: ValidationInfo) -> JobSpec:
+        info = self.dataset.known_info()
+        if self.task is None and info is not None:
             self.task = info.task
+        set_fields = self.model.model_fields_set
+        if self.backbone is not None and "hidden" not in set_fields:
+            self.model.hidden = []  # the replaced classifier: one linear layer
+        if self.task == "segmentation" and self.backbone is None and "arch" not in set_fields:
+            self.model.arch = "cnn"
         errors: list[InitErrorDetails] = []
 
         def refuse(loc: tuple[str | int, ...], message: str, value: Any) -> None:
             errors.append(_error(loc, message, value))
 
-        if self.task != info.task:
-            refuse(
-                ("task",),
-                f"dataset {self.dataset.name!r} is a {info.task} dataset, not {self.task}",
-                self.task,
-            )
-        n_train, n_val = self.dataset.split_sizes()
+        jobs = (context.context or {}).get("jobs") if context else None
+        if isinstance(self.backbone, JobBackbone) and jobs is not None:
+            uploads = (context.context or {}).get("uploads")
+            self._source = self._source_job(jobs, uploads, refuse)
+        if info is not None:
+            self._check_dataset(info, refuse)
+            self._check_backbone(info, refuse)
+            self._check_augmentation(info, refuse)
+        self._check_optimizer(info, refuse)
+        for loc, monitor in (("early_stopping", self.early_stopping), ("schedule", self.schedule)):
+            name = getattr(monitor, "monitor", None)
+            if (
+                name
+                and name.endswith("accuracy")
+                and self.task not in (None, "classification", "segmentation")
+            ):
+                refuse((loc, "monitor"), f"{name} needs a classification task", name)
+        _raise(errors)
+        return self
+
+    # ------------------------------------------------------------------ cross-field checks
+
+    def _check_dataset(self, info: DatasetInfo, refuse: Any) -> None:
+        label, task, model = self.dataset.label, self.task, self.model
+        assert task is not None
+        if not info.supports(task):
+            if task == "segmentation":
+                message = (
+                    "segmentation needs images with a mask each (shapes, or an npz upload of "
+                    f"images x and masks y); {label} is a {info.task} dataset"
+                )
+            else:
+                message = f"dataset {label} is a {info.task} dataset, not {task}"
+            refuse(("task",), message, task)
+        if task == "segmentation" and model.arch != "cnn" and self.backbone is None:
+            refuse(("model", "arch"), "segmentation needs arch cnn or a backbone", model.arch)
+        _, n_val = self.dataset.split_sizes(info)
+        n_train = info.n_samples - n_val  # before train_size
         if info.task == "classification" and min(n_train, n_val) < info.num_classes:
             refuse(
                 ("dataset", "val_fraction"),
@@ -889,92 +942,262 @@ class JobSpec(_Strict):
                 f"a stratified split needs at least {info.num_classes} (one per class) in each",
                 self.dataset.val_fraction,
             )
-
-        model, opt, train = self.model, self.optimizer, self.training
-        if model.arch == "cnn" and info.image_shape is None:
-            refuse(
-                ("model", "arch"),
-                f"cnn needs an image dataset (digits); {self.dataset.name!r} is tabular",
-                "cnn",
-            )
-        if model.norm == "batch" and train.batch_size == 1:
+        size = self.dataset.train_size
+        if size is not None:
+            classes = info.num_classes if info.task == "classification" else 0
+            if size > n_train - classes:
+                refuse(
+                    ("dataset", "train_size"),
+                    f"the training split has {n_train} rows: train_size must be at most "
+                    f"{n_train - classes}"
+                    + (" (a stratified subset leaves one per class out)" if classes else ""),
+                    size,
+                )
+            elif size < classes:
+                refuse(
+                    ("dataset", "train_size"),
+                    f"a stratified subset needs at least one row per class ({classes})",
+                    size,
+                )
+        if model.arch == "cnn" and self.backbone is None:
+            if info.image_shape is None:
+                refuse(
+                    ("model", "arch"),
+                    f"cnn needs an image dataset (digits, shapes, image uploads); {label} is "
+                    "tabular",
+                    "cnn",
+                )
+            else:
+                _, h, w = info.image_shape
+                blocks = len(model.channels)
+                if min(h, w) >> blocks == 0:
+                    refuse(
+                        ("model", "channels"),
+                        f"each conv block halves the {h}x{w} images: {blocks} blocks leave "
+                        "nothing; use fewer",
+                        model.channels,
+                    )
+        if model.norm == "batch" and self.training.batch_size == 1:
             refuse(
                 ("model", "norm"),
                 "batch norm needs batch_size > 1: a batch of one has no variance",
                 "batch",
             )
 
-        self._check_augmentation(refuse)
+    def _source_job(
+        self, jobs: dict[str, Any], uploads: dict[str, Any] | None, refuse: Any
+    ) -> JobSpec | None:
+        assert isinstance(self.backbone, JobBackbone)
+        job_id = self.backbone.from_job
+        loc = ("backbone", "job", "from_job")
+        job = jobs.get(job_id)
+        if job is None:
+            refuse(loc, f"there is no job {job_id!r}", job_id)
+            return None
+        status = job.get("status")
+        if status != "succeeded":
+            refuse(
+                loc,
+                f"job {job_id!r} is {status}: a backbone is the best checkpoint of a job "
+                "that finished (succeeded)",
+                job_id,
+            )
+            return None
+        stored = job.get("spec")
+        try:
+            source = (
+                stored
+                if isinstance(stored, JobSpec)
+                else JobSpec.model_validate(stored, context={"uploads": uploads or {}})
+            )
+        except ValidationError as exc:
+            refuse(
+                loc, f"job {job_id!r}'s spec is no longer valid: {exc.errors()[0]['msg']}", job_id
+            )
+            return None
+        if isinstance(source.backbone, JobBackbone):
+            refuse(
+                loc,
+                f"job {job_id!r} itself trained on another job's encoder: take the encoder of "
+                f"that job ({source.backbone.from_job!r}) instead",
+                job_id,
+            )
+            return None
+        if source.backbone is None and source.model.arch == "mlp" and not source.model.hidden:
+            refuse(loc, f"job {job_id!r}'s model has no hidden layers: it has no encoder", job_id)
+            return None
+        return source
 
-        if opt.name in ("newton", "lbfgs"):
-            label = "Newton's method" if opt.name == "newton" else "L-BFGS"
-            if not train.full_batch:
+    def _check_backbone(self, info: DatasetInfo, refuse: Any) -> None:
+        backbone, label = self.backbone, self.dataset.label
+        if backbone is None:
+            return
+        if self.task == "reconstruction":
+            refuse(("backbone",), "an autoencoder trains its own encoder: no backbone", None)
+        if self.model.arch == "cnn":
+            refuse(
+                ("model", "arch"),
+                "with a backbone, model describes the head on its features (an MLP; "
+                "segmentation: a decoder): leave arch out",
+                "cnn",
+            )
+        if backbone.unfreeze_at_epoch is not None and (
+            backbone.unfreeze_at_epoch > self.training.epochs
+        ):
+            tag = "job" if isinstance(backbone, JobBackbone) else "torchvision"
+            refuse(
+                ("backbone", tag, "unfreeze_at_epoch"),
+                f"epoch {backbone.unfreeze_at_epoch} comes after the last ({self.training.epochs})",
+                backbone.unfreeze_at_epoch,
+            )
+        if isinstance(backbone, TorchvisionBackbone):
+            self._check_torchvision_input(info, ("backbone", "torchvision", "arch"), refuse)
+            return
+        source = self._source
+        if source is None:
+            return  # not known here: checked by the worker when it loads the checkpoint
+        loc = ("backbone", "job", "from_job")
+        job_id = backbone.from_job
+        if isinstance(source.backbone, TorchvisionBackbone):
+            self._check_torchvision_input(info, loc, refuse)
+            return
+        if source.model.arch == "mlp" and self.task == "segmentation":
+            refuse(
+                loc,
+                f"job {job_id!r}'s encoder is an MLP: segmentation needs a convolutional one",
+                job_id,
+            )
+        source_info = source.dataset.known_info()
+        if source_info is None:
+            return
+        if source.model.arch == "mlp":
+            if source_info.n_features != info.n_features:
                 refuse(
-                    ("training", "full_batch"),
-                    f"{label} works on the full training set: set full_batch: true",
-                    False,
+                    loc,
+                    f"job {job_id!r}'s encoder takes {source_info.n_features} inputs; dataset "
+                    f"{label} has {info.n_features}",
+                    job_id,
                 )
-            reg = self.regularization
-            if reg.weight_decay:
+            return
+        assert source_info.image_shape is not None
+        if info.image_shape is None:
+            refuse(loc, f"job {job_id!r}'s encoder takes images; {label} is tabular", job_id)
+        elif info.image_shape[0] != source_info.image_shape[0]:
+            refuse(
+                loc,
+                f"job {job_id!r}'s encoder takes {source_info.image_shape[0]}-channel images; "
+                f"dataset {label} has {info.image_shape[0]} channels",
+                job_id,
+            )
+        elif min(info.image_shape[1:]) >> len(source.model.channels) == 0:
+            refuse(
+                loc,
+                f"job {job_id!r}'s encoder halves the images {len(source.model.channels)} "
+                f"times: the {info.image_shape[1]}x{info.image_shape[2]} images of {label} "
+                "are too small",
+                job_id,
+            )
+
+    def _check_torchvision_input(
+        self, info: DatasetInfo, loc: tuple[str, ...], refuse: Any
+    ) -> None:
+        if info.image_shape is None:
+            refuse(
+                loc, f"a torchvision backbone needs images; {self.dataset.label} is tabular", None
+            )
+        elif info.image_shape[0] not in (1, 3):
+            refuse(
+                loc,
+                f"a torchvision backbone takes 1- or 3-channel images; {self.dataset.label} "
+                f"has {info.image_shape[0]} channels",
+                None,
+            )
+
+    def _check_optimizer(self, info: DatasetInfo | None, refuse: Any) -> None:
+        model, opt, train = self.model, self.optimizer, self.training
+        if opt.name not in ("newton", "lbfgs"):
+            return
+        label = "Newton's method" if opt.name == "newton" else "L-BFGS"
+        if not train.full_batch:
+            refuse(
+                ("training", "full_batch"),
+                f"{label} works on the full training set: set full_batch: true",
+                False,
+            )
+        reg = self.regularization
+        if reg.weight_decay:
+            refuse(
+                ("regularization", "weight_decay"),
+                f"{label} takes no weight_decay: use l2",
+                reg.weight_decay,
+            )
+        for clip in ("grad_clip_norm", "grad_clip_value"):
+            if getattr(reg, clip) is not None:
                 refuse(
-                    ("regularization", "weight_decay"),
-                    f"{label} takes no weight_decay: use l2",
-                    reg.weight_decay,
+                    ("regularization", clip),
+                    f"{label} does not clip gradients",
+                    getattr(reg, clip),
                 )
-            for clip in ("grad_clip_norm", "grad_clip_value"):
-                if getattr(reg, clip) is not None:
-                    refuse(
-                        ("regularization", clip),
-                        f"{label} does not clip gradients",
-                        getattr(reg, clip),
-                    )
-        if opt.name == "newton":
-            # An exact Hessian needs a deterministic loss that torch.func can differentiate twice.
-            if model.dropout > 0:
-                refuse(
-                    ("model", "dropout"),
-                    "Newton's method needs a deterministic loss: set dropout: 0",
-                    model.dropout,
-                )
-            if model.norm == "batch":
-                refuse(
-                    ("model", "norm"),
-                    "Newton's method cannot differentiate batch norm's running statistics: "
-                    "use none or layer",
-                    "batch",
-                )
-            if self.augmentation:
-                refuse(
-                    ("augmentation",),
-                    "Newton's method needs a deterministic loss: leave augmentation empty",
-                    [op.op for op in self.augmentation],
-                )
-            if model.arch == "mlp" or info.image_shape is not None:
-                count = parameter_count(model, info)
-                if count > NEWTON_MAX_PARAMETERS:
+        backbone = self.backbone
+        if opt.name == "lbfgs" and backbone is not None:
+            for field in ("lr_scale", "unfreeze_at_epoch"):
+                if getattr(backbone, field) is not None:
                     refuse(
                         ("optimizer", "name"),
-                        f"Newton's method is limited to {NEWTON_MAX_PARAMETERS:,} parameters (a "
-                        f"{NEWTON_MAX_PARAMETERS:,}² Hessian); this model has {count:,}: "
-                        "use lbfgs or a smaller model",
-                        "newton",
+                        f"L-BFGS has one learning rate for all parameters: no backbone {field}",
+                        "lbfgs",
                     )
+        if opt.name != "newton":
+            return
+        if backbone is not None or self.task not in (None, "classification", "regression"):
+            refuse(
+                ("optimizer", "name"),
+                "Newton's method is for small classification and regression models without "
+                "a backbone: use lbfgs",
+                "newton",
+            )
+            return
+        # An exact Hessian needs a deterministic loss that torch.func can differentiate twice.
+        if model.dropout > 0:
+            refuse(
+                ("model", "dropout"),
+                "Newton's method needs a deterministic loss: set dropout: 0",
+                model.dropout,
+            )
+        if model.norm == "batch":
+            refuse(
+                ("model", "norm"),
+                "Newton's method cannot differentiate batch norm's running statistics: "
+                "use none or layer",
+                "batch",
+            )
+        if self.augmentation:
+            refuse(
+                ("augmentation",),
+                "Newton's method needs a deterministic loss: leave augmentation empty",
+                [op.op for op in self.augmentation],
+            )
+        if info is not None and (model.arch == "mlp" or info.image_shape is not None):
+            count = parameter_count(model, info, self.task)
+            if count > NEWTON_MAX_PARAMETERS:
+                refuse(
+                    ("optimizer", "name"),
+                    f"Newton's method is limited to {NEWTON_MAX_PARAMETERS:,} parameters (a "
+                    f"{NEWTON_MAX_PARAMETERS:,}² Hessian); this model has {count:,}: "
+                    "use lbfgs or a smaller model",
+                    "newton",
+                )
 
-        for loc, monitor in (("early_stopping", self.early_stopping), ("schedule", self.schedule)):
-            name = getattr(monitor, "monitor", None)
-            if name and name.endswith("accuracy") and self.task != "classification":
-                refuse((loc, "monitor"), f"{name} needs a classification task", name)
-        _raise(errors)
-        return self
-
-    def _check_augmentation(self, refuse: Any) -> None:
+    def _check_augmentation(self, info: DatasetInfo, refuse: Any) -> None:
         if not self.augmentation:
             return
-        shape = self.dataset.info().image_shape
+        shape = info.image_shape
+        label = self.dataset.label
         if shape is None:
             refuse(
                 ("augmentation",),
-                f"augmentation needs an image dataset (digits); {self.dataset.name!r} is tabular",
+                f"augmentation needs an image dataset (digits, shapes, image uploads); {label} "
+                "is tabular",
                 [op.op for op in self.augmentation],
             )
             return
@@ -997,27 +1220,77 @@ class JobSpec(_Strict):
                     if getattr(op, field):
                         refuse(
                             ("augmentation", i, field),
-                            f"{field} needs colour (3-channel) images; {self.dataset.name!r} "
+                            f"{field} needs colour (3-channel) images; {label} "
                             f"has {channels} channel{'s' if channels != 1 else ''}",
                             getattr(op, field),
                         )
+
+    # ------------------------------------------------------------------ derived values
 
     def spec_hash(self) -> str:
         """sha256 of the canonical JSON of the validated spec (defaults filled in)."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+    @property
+    def source(self) -> JobSpec | None:
+        """The backbone job's spec when it was given in the validation context."""
+        return self._source
+
+    def with_source(self, source: JobSpec) -> JobSpec:
+        """This spec knowing its backbone job's spec (the worker's Resources hold it)."""
+        self._source = source
+        return self
+
+    def body_shape(self, info: DatasetInfo | None = None) -> BodyShape:
+        info = info or self.dataset.info()
+        task = self.task or info.task
+        backbone = self.backbone
+        if isinstance(backbone, JobBackbone):
+            source = self._source
+            if source is None:
+                raise ValueError(
+                    f"job {backbone.from_job!r}'s spec is not known here: validate with "
+                    "context={'jobs': {id: {'status': ..., 'spec': ...}}}"
+                )
+            tv = source.backbone if isinstance(source.backbone, TorchvisionBackbone) else None
+            return body_shape(source.model, tv, info, task)
+        return body_shape(self.model, backbone, info, task)
+
+    def parameter_counts(self, info: DatasetInfo | None = None) -> dict[str, int]:
+        """{"trainable": n, "frozen": m} when training starts (frozen: a frozen backbone)."""
+        info = info or self.dataset.info()
+        task = self.task or info.task
+        body = self.body_shape(info)
+        head = head_parameters(self.model, body, info, task, backbone=self.backbone is not None)
+        frozen = body.parameters if self.backbone is not None and self.backbone.freeze else 0
+        return {"trainable": body.parameters + head - frozen, "frozen": frozen}
+
     def parameter_count(self) -> int:
-        return parameter_count(self.model, self.dataset.info())
+        """All the model's parameters (a frozen backbone's too: they may be unfrozen, and
+        the forward pass runs through them either way)."""
+        counts = self.parameter_counts()
+        return counts["trainable"] + counts["frozen"]
 
 
 # --------------------------------------------------------------------------- warnings
 
 
-def warnings(spec: JobSpec) -> list[str]:
+def warnings(spec: JobSpec, info: DatasetInfo | None = None) -> list[str]:
     """What is allowed but probably not meant: shown with the job at submit and in its result."""
     found = []
-    n_train, _ = spec.dataset.split_sizes()
+    backbone = spec.backbone
+    if isinstance(backbone, TorchvisionBackbone) and backbone.weights == "none":
+        if backbone.freeze:
+            found.append(
+                "backbone.freeze with weights none: the frozen backbone keeps random weights"
+            )
+        else:
+            found.append("backbone.weights is none: the backbone starts from random weights")
+    info = info or spec.dataset.known_info()
+    if info is None:
+        return found
+    n_train, _ = spec.dataset.split_sizes(info)
     # Full batch too: the forward pass sees chunks of batch_size rows, normalized apart.
     batch = min(spec.training.batch_size, n_train)
     if spec.model.norm == "batch" and batch < BATCH_NORM_MIN_BATCH:

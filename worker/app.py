@@ -9,8 +9,12 @@ from descent.settings import get_settings
 
 celery_app = make_celery()
 
-# Registers the tasks, and imports torch once here, at worker start, not per job.
-import worker.tasks  # noqa: E402,F401
+# torch is imported once here, at worker start, not per job. torch.optim imports
+# torch._dynamo (and sympy) on the first optimizer it builds: about a second that would
+# otherwise land on the first job of every worker process.
+import torch._dynamo  # noqa: E402,F401
+
+import worker.tasks  # noqa: E402,F401  (registers the tasks)
 
 _sweeper: Any = None
 
