@@ -10,6 +10,7 @@ run continues exactly where the saved one was.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -20,9 +21,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
 from core.augment import Augmenter
+from core.backbones import load_backbone, set_frozen
 from core.checkpoint import (
     CheckpointFiles,
     load_state,
@@ -31,15 +34,16 @@ from core.checkpoint import (
     save_weights,
     weights_metadata,
 )
-from core.data import Data, load_data
+from core.data import Data, Scaling, load_data
 from core.diagnosis import GRAD_NORM_PREFIX, diagnose, regularization_summary
 from core.early_stopping import EarlyStopping
 from core.errors import NonFiniteLoss, TrainingError
 from core.models import build_model
-from core.optim import Newton, build_optimizer, decayed
+from core.optim import Newton, build_optimizer, decay_groups, decayed
+from core.resources import Resources
 from core.results import EpochRecord, FitResult, StopInfo
 from core.schedules import Schedule
-from core.spec import JobSpec, warnings
+from core.spec import DatasetInfo, JobBackbone, JobSpec, TorchvisionBackbone, warnings
 
 STATE_VERSION = 1
 EVAL_CHUNK = 4096  # rows per forward pass when evaluating
@@ -98,30 +102,81 @@ def seed_everything(seed: int) -> None:
 
 
 def task_loss(output: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
-    """Mean cross-entropy for classification, mean squared error for regression."""
-    if task == "classification":
+    """Mean cross-entropy for classification (per pixel for segmentation), mean squared error
+    for regression and for reconstruction (whose target is the input)."""
+    if task == "classification" or task == "segmentation":
         return F.cross_entropy(output, target)
+    if task == "reconstruction":
+        return F.mse_loss(output, target)
     return F.mse_loss(output.squeeze(-1), target)
 
 
 @torch.no_grad()
-def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> dict[str, float]:
-    """Loss (and accuracy for classification) of the model in eval mode on (x, y)."""
+def measure(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, chunk: int = EVAL_CHUNK
+) -> dict[str, float]:
+    """Loss (and accuracy for classification, pixel accuracy for segmentation) of the model
+    in eval mode on (x, y); reconstruction's target is x."""
     was_training = model.training
     model.eval()
     loss_sum = x.new_zeros((), dtype=torch.float64)
     correct = x.new_zeros((), dtype=torch.int64)
-    for start in range(0, len(x), EVAL_CHUNK):
-        xb, yb = x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
+    classes = task in ("classification", "segmentation")
+    for start in range(0, len(x), chunk):
+        xb, yb = x[start : start + chunk], y[start : start + chunk]
         out = model(xb)
-        loss_sum += task_loss(out, yb, task).double() * len(xb)
-        if task == "classification":
+        loss_sum += task_loss(out, xb if task == "reconstruction" else yb, task).double() * len(xb)
+        if classes:
             correct += (out.argmax(1) == yb).sum()
     model.train(was_training)
     result = {"loss": (loss_sum / len(x)).item()}
-    if task == "classification":
-        result["accuracy"] = correct.item() / len(x)
+    if classes:
+        result["accuracy"] = correct.item() / y.numel()  # per pixel for segmentation
     return result
+
+
+def input_layout(spec: JobSpec) -> tuple[bool, Scaling]:
+    """(images as (N, C, H, W)?, scaling) for the spec's model: torchvision backbones take
+    [0, 1] pixels and normalize them themselves; the rest take standardized inputs."""
+    backbone = spec.backbone
+    if isinstance(backbone, JobBackbone):
+        source = spec.source
+        if source is None:
+            raise TrainingError(f"the spec of backbone job {backbone.from_job!r} is needed")
+        if isinstance(source.backbone, TorchvisionBackbone):
+            return True, "unit"
+        return source.model.arch == "cnn", "standardize"
+    if isinstance(backbone, TorchvisionBackbone):
+        return True, "unit"
+    return spec.model.arch == "cnn", "standardize"
+
+
+def with_source(spec: JobSpec, resources: Resources | None) -> JobSpec:
+    """The spec, knowing its backbone job's spec (from resources) if it has one."""
+    if isinstance(spec.backbone, JobBackbone) and spec.source is None:
+        source, _ = (resources or Resources()).backbone_job(spec.backbone.from_job)
+        spec.with_source(source)
+    return spec
+
+
+def recheck(spec: JobSpec, info: DatasetInfo, meta: dict[str, Any] | None) -> None:
+    """Run the submit-time checks that need the dataset's and backbone job's metadata,
+    now that they are known: a spec validated without them may not fit."""
+    if spec.dataset.source != "upload" and not isinstance(spec.backbone, JobBackbone):
+        return
+    context: dict[str, Any] = {}
+    if spec.dataset.source == "upload":
+        context["uploads"] = {spec.dataset.id: {**(meta or {}), **info.to_meta()}}
+    if isinstance(spec.backbone, JobBackbone) and spec.source is not None:
+        source = {"status": "succeeded", "spec": spec.source}
+        context["jobs"] = {spec.backbone.from_job: source}
+    try:
+        JobSpec.model_validate(spec.model_dump(mode="json"), context=context)
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise TrainingError(f"the spec does not fit its data: {reasons}") from None
 
 
 def evaluate(
@@ -130,19 +185,34 @@ def evaluate(
     split: str = "val",
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    resources: Resources | None = None,
 ) -> dict[str, float]:
     """The model's metrics on a split of the spec's dataset: {"val_loss": …, "val_accuracy": …}."""
     spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
-    data = load_data(spec.dataset, images=spec.model.arch == "cnn", device=device, dtype=dtype)
+    spec = with_source(spec, resources)
+    images, scaling = input_layout(spec)
+    data = load_data(
+        spec.dataset,
+        images=images,
+        device=device,
+        dtype=dtype,
+        resources=resources,
+        task=spec.task,
+        scaling=scaling,
+    )
     x, y = data.split(split)
-    assert spec.task is not None
-    return {f"{split}_{k}": v for k, v in measure(model.to(device, dtype), x, y, spec.task).items()}
+    task = spec.task or data.info.task
+    chunk = EVAL_CHUNK if spec.backbone is None else max(64, spec.training.batch_size)
+    return {
+        f"{split}_{k}": v for k, v in measure(model.to(device, dtype), x, y, task, chunk).items()
+    }
 
 
 class Trainer:
     """One training job: Trainer(spec).setup(), then train(); hooks let a worker watch and cancel.
 
     dtype is float32 for jobs; tests pass float64 to compare with hand computations.
+    resources: the uploaded files and backbone jobs the spec names (see core.resources).
     """
 
     def __init__(
@@ -152,8 +222,10 @@ class Trainer:
         device: str | torch.device | None = None,
         hooks: Hooks | TrainerHooks | None = None,
         dtype: torch.dtype = torch.float32,
+        resources: Resources | None = None,
     ) -> None:
         self.spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
+        self.resources = resources
         self.device = resolve_device(device if device is not None else self.spec.training.device)
         self.hooks = hooks if hooks is not None else TrainerHooks()
         # Hooks may implement either method or both.
@@ -175,20 +247,37 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def setup(self) -> Trainer:
-        spec = self.spec
+        spec = with_source(self.spec, self.resources)
         seed_everything(spec.training.seed)
+        images, scaling = input_layout(spec)
         self.data: Data = load_data(
-            spec.dataset, images=spec.model.arch == "cnn", device=self.device, dtype=self.dtype
+            spec.dataset,
+            images=images,
+            device=self.device,
+            dtype=self.dtype,
+            resources=self.resources,
+            task=spec.task,
+            scaling=scaling,
         )
-        self.model = build_model(spec).to(self.device, self.dtype)
+        info = self.data.info
+        recheck(spec, info, None)
+        self.task: str = spec.task or info.task
+        self.model = build_model(spec, info).to(self.device, self.dtype)
+        load_backbone(self.model, spec, self.resources)
+        backbone = spec.backbone
+        # Batch-norm layers of a frozen backbone: kept in eval mode (see _train_mode).
+        self._frozen_norms: list[nn.Module] = []
+        if backbone is not None and backbone.freeze:
+            self._frozen_norms = set_frozen(self.model.body, True)
+        self._unfrozen = False
+        self._has_batch_norm = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()
+        )
+        self._eval_chunk = EVAL_CHUNK if backbone is None else max(64, spec.training.batch_size)
         self.optimizer = build_optimizer(spec, self.model)
         self.schedule = Schedule(spec)
         self.early_stopping = EarlyStopping.from_spec(spec.early_stopping)
-        assert spec.task is not None
-        self.task: str = spec.task
-        self._params = [p for p in self.model.parameters() if p.requires_grad]
-        self._penalized = [p for p in self._params if decayed(p)]
-        self._layer_names, self._layer_matrix = self._layers()
+        self._trainable_changed()
         self._augment: Augmenter | None = None
         if spec.augmentation:
             info = self.data.info
@@ -203,6 +292,7 @@ class Trainer:
                 dtype=self.dtype,
             )
         self._regularization = regularization_summary(spec)
+        self.warnings = warnings(spec, info)
         if self.data.shared_samples:
             n = self.data.shared_samples
             self.warnings.append(
@@ -211,6 +301,49 @@ class Trainer:
             )
         self._is_setup = True
         return self
+
+    def parameter_counts(self) -> dict[str, int]:
+        """{"trainable": n, "frozen": m}: parameters that train now, and those that do not
+        (a frozen backbone's, until it is unfrozen)."""
+        if not self._is_setup:
+            self.setup()
+        counts = {"trainable": 0, "frozen": 0}
+        for p in self.model.parameters():
+            counts["trainable" if p.requires_grad else "frozen"] += p.numel()
+        return counts
+
+    def _trainable_changed(self) -> None:
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self._penalized = [p for p in self._params if decayed(p)]
+        self._layer_names, self._layer_matrix = self._layers()
+
+    def _unfreeze(self) -> None:
+        """Gradual unfreezing: the frozen backbone trains from now on, in optimizer groups of
+        its own at lr × lr_scale."""
+        backbone = self.spec.backbone
+        assert backbone is not None and backbone.freeze and not self._unfrozen
+        set_frozen(self.model.body, False)
+        self._frozen_norms = []
+        self._unfrozen = True
+        params = list(self.model.body.parameters())
+        scale = backbone.lr_scale or 1.0
+        for group in decay_groups(params, self.spec.regularization.weight_decay, scale):
+            self.optimizer.add_param_group(group)
+        self._trainable_changed()
+
+    def _unfreezes_at(self, epoch: int) -> bool:
+        backbone = self.spec.backbone
+        return (
+            backbone is not None
+            and backbone.unfreeze_at_epoch is not None
+            and epoch >= backbone.unfreeze_at_epoch
+            and not self._unfrozen
+        )
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        for module in self._frozen_norms:  # a frozen backbone's running statistics stay put
+            module.eval()
 
     def _layers(self) -> tuple[list[str], torch.Tensor]:
         """The layers whose gradient norms are recorded, as a (parameters × layers) 0/1 matrix
@@ -245,10 +378,13 @@ class Trainer:
             self.initial_metrics = self.evaluate("val")
         for epoch in range(first_epoch, self.spec.training.epochs + 1):
             start = time.perf_counter()
+            if self._unfreezes_at(epoch):
+                self._unfreeze()
             lr = self.schedule.lr(epoch)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.model.train()
+                # A backbone's groups train at a fraction of the schedule's lr.
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            self._train_mode()
             try:
                 if self.spec.optimizer.name == "newton":
                     metrics = self._newton_epoch(epoch)
@@ -319,38 +455,51 @@ class Trainer:
         # Per-step values stay on the device until the epoch ends: reading one every step
         # (.item()) would make the CPU wait for the GPU at every step.
         losses, penalties, outputs, grad_norms = [], [], [], []
-        should_stop, augment = self._should_stop, self._augment
+        should_stop, augment, task = self._should_stop, self._augment, self.task
+        # Dense tasks keep per-step counts, not their per-pixel outputs.
+        dense = task in ("reconstruction", "segmentation")
         for step, start in enumerate(starts):
             if should_stop():
                 raise _Cancelled(epoch, step + 1)
             xb, yb = x[start : start + bs], y[start : start + bs]
             if augment is not None:
-                xb = augment(xb, epoch, step)
+                if task == "segmentation":
+                    xb, yb = augment(xb, epoch, step, mask=yb)  # masks move with their images
+                else:
+                    xb = augment(xb, epoch, step)
             out = self.model(xb)
-            loss = task_loss(out, yb, self.task)
+            loss = task_loss(out, xb if task == "reconstruction" else yb, task)
             penalty = self._penalty(self._penalized)
             (loss if penalty is None else loss + penalty).backward()
             grad_norms.append(self._clip_gradients())
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
-            outputs.append(out.detach())  # for the accuracy, counted once after the loop
+            if not dense:
+                outputs.append(out.detach())  # for the accuracy, counted once after the loop
+            else:
+                outputs.append((out.argmax(1) == yb).sum() if task == "segmentation" else out[:0])
             if penalty is not None:
                 penalties.append(penalty.detach())
 
         step_losses = torch.stack(losses)
         self._check_finite(step_losses, epoch)
-        sizes = torch.tensor([len(o) for o in outputs], device=self.device, dtype=self.dtype)
-        n = sum(len(o) for o in outputs)  # rows used (see _batch_starts)
+        batch_sizes = [min(bs, len(x) - start) for start in starts]
+        sizes = torch.tensor(batch_sizes, device=self.device, dtype=self.dtype)
+        n = sum(batch_sizes)  # rows used (see _batch_starts)
         zero = x.new_zeros(())
         # Each step's per-parameter gradient norms (before clipping), steps × parameters.
         norms = torch.stack([norm for step in grad_norms for norm in step]).view(len(losses), -1)
+        if task == "classification":
+            accuracy = (torch.cat(outputs).argmax(1) == y[:n]).to(self.dtype).mean()
+        elif task == "segmentation":
+            accuracy = torch.stack(outputs).sum().to(self.dtype) / (n * y[0].numel())
+        else:
+            accuracy = zero
         stats = [
             (step_losses * sizes).sum() / n,
             (torch.stack(penalties) * sizes).sum() / n if penalties else zero,
-            (torch.cat(outputs).argmax(1) == y[:n]).to(self.dtype).mean()
-            if self.task == "classification"
-            else zero,
+            accuracy,
         ]
         values = torch.cat([torch.stack(stats), self._norm_stats(norms)]).tolist()  # one sync
         return self._train_metrics(*values)
@@ -361,7 +510,7 @@ class Trainer:
         at the start of the epoch (the first evaluation of the closure)."""
         x, y = self.data.x_train, self.data.y_train
         starts = self._batch_starts(len(x))
-        bs, n = self.spec.training.batch_size, len(x)
+        bs, n, task = self.spec.training.batch_size, len(x), self.task
         first: dict[str, torch.Tensor] = {}
 
         def closure() -> torch.Tensor:
@@ -374,13 +523,17 @@ class Trainer:
                 xb, yb = x[start : start + bs], y[start : start + bs]
                 if self._augment is not None:
                     # Seeded by (epoch, chunk): every evaluation of the closure sees the same data.
-                    xb = self._augment(xb, epoch, chunk)
+                    if task == "segmentation":
+                        xb, yb = self._augment(xb, epoch, chunk, mask=yb)
+                    else:
+                        xb = self._augment(xb, epoch, chunk)
                 out = self.model(xb)
                 # Each chunk weighs by its share of the rows: the chunks sum to the mean.
-                loss = task_loss(out, yb, self.task) * (len(xb) / n)
+                target = xb if task == "reconstruction" else yb
+                loss = task_loss(out, target, task) * (len(xb) / n)
                 loss.backward()
                 loss_sum += loss.detach()
-                if self.task == "classification":
+                if task in ("classification", "segmentation"):
                     correct += (out.argmax(1) == yb).sum()
             objective = loss_sum
             penalty = self._penalty(self._penalized)
@@ -401,7 +554,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses = first["loss"].reshape(1)
         self._check_finite(losses, epoch)
-        used = sum(min(bs, n - s) for s in starts)
+        used = sum(min(bs, n - s) for s in starts) * (y[0].numel() if task == "segmentation" else 1)
         stats = torch.stack([first["loss"], first["penalty"], first["correct"] / used])
         norms = first["norms"].view(1, -1)
         return self._train_metrics(*torch.cat([stats, self._norm_stats(norms)]).tolist())
@@ -436,7 +589,8 @@ class Trainer:
             )
             return task_loss(out, yb, self.task) * (len(xb) / n)
 
-        before = measure(self.model, x, y, self.task)  # deterministic model: eval mode = train mode
+        # Deterministic model: eval mode = train mode.
+        before = measure(self.model, x, y, self.task, self._eval_chunk)
         objective = self.optimizer.step(term, n_terms=len(starts) + (penalty is not None))
         self._check_finite(objective.reshape(1), epoch)
         metrics = self._train_metrics(
@@ -452,7 +606,7 @@ class Trainer:
 
     def _batch_starts(self, n: int) -> list[int]:
         starts = list(range(0, n, self.spec.training.batch_size))
-        if self.spec.model.norm == "batch" and len(starts) > 1 and n - starts[-1] == 1:
+        if self._has_batch_norm and len(starts) > 1 and n - starts[-1] == 1:
             starts.pop()  # a last batch of one row has no batch statistics: skip it
         return starts
 
@@ -504,7 +658,7 @@ class Trainer:
         self, loss: float, penalty: float, accuracy: float, grad_norm: float, *layers: float
     ) -> dict[str, float]:
         metrics = {"train_loss": loss}
-        if self.task == "classification":
+        if self.task in ("classification", "segmentation"):
             metrics["train_accuracy"] = accuracy
         reg = self.spec.regularization
         if reg.l1 or reg.l2:
@@ -540,6 +694,7 @@ class Trainer:
             history=list(self.history),
             diagnosis=self._diagnose(self.metrics_history, final=True),
             warnings=list(self.warnings),
+            parameters=self.parameter_counts(),
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -549,7 +704,8 @@ class Trainer:
         if not self._is_setup:
             self.setup()
         x, y = self.data.split(split)
-        return {f"{split}_{k}": v for k, v in measure(self.model, x, y, self.task).items()}
+        measured = measure(self.model, x, y, self.task, self._eval_chunk)
+        return {f"{split}_{k}": v for k, v in measured.items()}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -560,6 +716,12 @@ class Trainer:
         state_path = directory / f"{stem}.state.pt"
         value = self.last_value if self.last_value is not None else math.nan
         metadata = weights_metadata(self.spec, self.epoch, self.early_stopping.monitor, value)
+        # What rebuilding the model takes beyond the spec: an upload's shape, the backbone
+        # job's spec (see core.checkpoint.load_model).
+        if self.spec.dataset.source == "upload":
+            metadata["dataset_info"] = json.dumps(self.data.info.to_meta())
+        if self.spec.source is not None:
+            metadata["backbone_spec"] = self.spec.source.model_dump_json()
         size, sha256 = save_weights(self.model, weights_path, metadata)
         save_state(self._state_dict(), state_path)
         return CheckpointFiles(weights_path, state_path, size, sha256)
@@ -580,6 +742,8 @@ class Trainer:
                 f"{state_path} was written for a different spec (hash {state['spec_hash'][:12]}…)"
             )
         load_weights(self.model, weights_path, self.device)
+        if self._unfreezes_at(state["epoch"]):
+            self._unfreeze()  # the saved optimizer has the backbone's groups
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.early_stopping.load_state_dict(state["early_stopping"])
@@ -636,9 +800,11 @@ def fit(
     device: str | torch.device | None = None,
     hooks: Hooks | TrainerHooks | None = None,
     dtype: torch.dtype = torch.float32,
+    resources: Resources | None = None,
 ) -> FitResult:
     """Train a spec from scratch: Trainer(spec, ...).setup().train()."""
-    return Trainer(spec, device=device, hooks=hooks, dtype=dtype).setup().train()
+    trainer = Trainer(spec, device=device, hooks=hooks, dtype=dtype, resources=resources)
+    return trainer.setup().train()
 
 
 # RNG states as tensors and plain values, so torch.load(weights_only=True) can read them back.
