@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from core.diagnosis import diagnose
-from core.errors import NonFiniteLoss, TrainingError
+from core.errors import InvalidUpload, NonFiniteLoss, TrainingError
 from core.results import EpochRecord, FitResult, StopInfo
 from core.spec import JobSpec
 
@@ -25,6 +25,9 @@ _LAZY = {
     "CheckpointFiles": "core.checkpoint",
     "build_model": "core.models",
     "load_data": "core.data",
+    "Resources": "core.resources",
+    "inspect_dataset": "core.uploads",
+    "inspect_weights": "core.uploads",
 }
 
 __all__ = [
@@ -32,8 +35,10 @@ __all__ = [
     "EpochRecord",
     "FitResult",
     "Hooks",
+    "InvalidUpload",
     "JobSpec",
     "NonFiniteLoss",
+    "Resources",
     "StopInfo",
     "Trainer",
     "TrainerHooks",
@@ -42,6 +47,8 @@ __all__ = [
     "diagnose",
     "evaluate",
     "fit",
+    "inspect_dataset",
+    "inspect_weights",
     "load_data",
     "load_model",
     "read_metadata",
@@ -51,7 +58,9 @@ if TYPE_CHECKING:
     from core.checkpoint import CheckpointFiles, load_model, read_metadata
     from core.data import load_data
     from core.models import build_model
+    from core.resources import Resources
     from core.train import Hooks, Trainer, TrainerHooks, evaluate, fit
+    from core.uploads import inspect_dataset, inspect_weights
 
 
 def __getattr__(name: str) -> Any:

@@ -21,7 +21,7 @@ from torch import nn
 
 from core.errors import InvalidUpload, TrainingError
 from core.resources import Resources
-from core.spec import TORCHVISION_BODIES, JobBackbone, JobSpec, TorchvisionBackbone
+from core.spec import JobBackbone, JobSpec, TorchvisionBackbone
 from core.uploads import LISTED, read_weights, weights_mismatches
 
 
@@ -39,9 +39,9 @@ def load_backbone(model: nn.Module, spec: JobSpec, resources: Resources | None) 
         own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
         load_into(body, own, f"the encoder of job {backbone.from_job!r}")
         return
-    tensors = torchvision_weights(backbone, resources)
-    if tensors is not None:
-        load_into(body, tensors, f"the {backbone.arch} weights")
+    pretrained = torchvision_weights(backbone, resources)
+    if pretrained is not None:
+        load_into(body, pretrained, f"the {backbone.arch} weights")
 
 
 def torchvision_weights(
@@ -86,9 +86,7 @@ def load_into(module: nn.Module, tensors: dict[str, torch.Tensor], what: str) ->
     a classifier's or decoder's); a missing entry or a different shape is a TrainingError
     listing the first few. Batch norm's num_batches_tracked may be missing."""
     expected = module.state_dict()
-    missing = [
-        k for k in expected if k not in tensors and not k.endswith("num_batches_tracked")
-    ]
+    missing = [k for k in expected if k not in tensors and not k.endswith("num_batches_tracked")]
     shapes = [
         f"{k}: {tuple(tensors[k].shape)} there, {tuple(v.shape)} here"
         for k, v in expected.items()
@@ -115,7 +113,3 @@ def set_frozen(body: nn.Module, frozen: bool) -> list[nn.Module]:
     if not frozen:
         return []
     return [m for m in body.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def head_keys(arch: str) -> tuple[str, ...]:
-    return TORCHVISION_BODIES[arch].head_keys

@@ -30,7 +30,7 @@ from torch import nn
 
 from core.errors import TrainingError
 from core.models import build_model
-from core.spec import JobSpec
+from core.spec import DatasetInfo, JobSpec
 
 WEIGHTS_SUFFIX = ".safetensors"
 STATE_SUFFIX = ".state.pt"
@@ -117,15 +117,24 @@ def load_model(
 ) -> nn.Module:
     """Rebuild the spec's model and load a weights file into it, in eval mode.
 
-    spec=None takes the spec stored in the file's metadata.
+    spec=None takes the spec stored in the file's metadata. An uploaded dataset's shape and
+    a backbone job's spec come from the metadata too, so the file alone is enough; a
+    torchvision backbone is built without fetching its pretrained weights (the file has
+    them all).
     """
+    metadata = read_metadata(weights_path)
     if spec is None:
-        stored = read_metadata(weights_path).get("spec")
+        stored = metadata.get("spec")
         if stored is None:
             raise TrainingError(f"{weights_path} holds no spec: pass the job spec")
         spec = json.loads(stored)
     if not isinstance(spec, JobSpec):
         spec = JobSpec.model_validate(spec)
-    model = build_model(spec).to(device)
+    if spec.source is None and "backbone_spec" in metadata:
+        spec.with_source(JobSpec.model_validate_json(metadata["backbone_spec"]))
+    info = None
+    if "dataset_info" in metadata:
+        info = DatasetInfo.from_upload(json.loads(metadata["dataset_info"]))
+    model = build_model(spec, info).to(device)
     load_weights(model, weights_path, device)
     return model.eval()

@@ -72,7 +72,7 @@ def make_shapes(
         image = np.broadcast_to(rng.uniform(0.0, 0.35, (3, 1, 1)), (3, s, s)).copy()
         for _ in range(rng.integers(1, 4)):
             kind = int(rng.integers(1, 3))
-            r = rng.uniform(s / 10, s / 5)
+            r = rng.uniform(s / 8, s / 4)
             cy, cx = rng.uniform(r, s - r, 2)
             if kind == 1:
                 inside = (np.abs(rows - cy) <= r) & (np.abs(cols - cx) <= r)
@@ -108,7 +108,7 @@ def raw_arrays(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
         "iris": skdatasets.load_iris,
         "wine": skdatasets.load_wine,
         "breast_cancer": skdatasets.load_breast_cancer,
-    }[spec.name]
+    }[spec.name or ""]
     bunch = loader()
     return bunch.data, bunch.target
 
@@ -161,6 +161,7 @@ def load_data(
     resources: Resources | None = None,
     task: str | None = None,
     scaling: Scaling = "standardize",
+    read: tuple[np.ndarray, np.ndarray, DatasetInfo, dict | None] | None = None,
 ) -> Data:
     """Split by spec.seed (stratified for classification datasets), keep train_size rows of
     the training split, and scale with its statistics.
@@ -168,8 +169,9 @@ def load_data(
     images=True returns image datasets as (N, C, H, W) for convolutional models, standardized
     per channel; otherwise rows are flat and standardized per feature. task (default: the
     dataset's) picks the targets: class indices, standardized values (regression) or masks.
+    read: what read_source() gave, when the caller has read the dataset already.
     """
-    x, y, info, meta = read_source(spec, resources)
+    x, y, info, meta = read if read is not None else read_source(spec, resources)
     task = task or info.task
     if task == "reconstruction":
         task = info.task  # the targets are kept as they are; the loss ignores them

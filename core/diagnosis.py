@@ -351,7 +351,9 @@ def _underfitting(
                 f"{fall / total:.0%} of its fall since epoch {first_epoch})"
             )
     accuracy = _number(history[-1].get("train_accuracy"))
-    if task == "classification" and majority_baseline is not None and accuracy is not None:
+    # Segmentation's baseline: every pixel the most frequent class (the background).
+    classes = task in ("classification", "segmentation")
+    if classes and majority_baseline is not None and accuracy is not None:
         if accuracy <= majority_baseline:
             evidence["below_baseline"] = {
                 "epoch": n,

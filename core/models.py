@@ -138,6 +138,9 @@ class Preprocess(nn.Module):
     repeated), input_size x input_size, normalized with ImageNet's mean and std. No
     parameters, and its buffers are not saved: the checkpoint is the model's weights."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, input_size: int) -> None:
         super().__init__()
         self.input_size = input_size

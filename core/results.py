@@ -77,6 +77,8 @@ class FitResult:
     history: list[EpochRecord] = field(default_factory=list, repr=False)
     diagnosis: dict[str, Any] | None = None  # the final diagnosis (final=True), JSON-ready
     warnings: list[str] = field(default_factory=list)  # e.g. batch norm on small batches
+    # {"trainable": n, "frozen": m} at the end (a frozen backbone's parameters are frozen).
+    parameters: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,4 +93,5 @@ class FitResult:
             "epochs_run": self.epochs_run,
             "diagnosis": self.diagnosis,
             "warnings": list(self.warnings),
+            "parameters": self.parameters,
         }

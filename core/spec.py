@@ -226,9 +226,12 @@ class DatasetSpec(_Strict):
         return self
 
     def _from_upload(self, uploads: dict[str, Any]) -> None:
-        meta = uploads.get(self.id)
+        meta = uploads.get(self.id or "")
         if meta is None:
             _raise([_error(("id",), f"there is no dataset upload {self.id!r}", self.id)])
+        assert meta is not None
+        if "arch" in meta:
+            _raise([_error(("id",), f"upload {self.id!r} holds weights, not a dataset", self.id)])
         errors = []
         stored_format, stored_target = meta.get("format"), meta.get("target")
         if self.format is not None and stored_format and self.format != stored_format:
@@ -897,10 +900,12 @@ class JobSpec(_Strict):
         def refuse(loc: tuple[str | int, ...], message: str, value: Any) -> None:
             errors.append(_error(loc, message, value))
 
-        jobs = (context.context or {}).get("jobs") if context else None
+        given = (context.context or {}) if context else {}
+        jobs, uploads = given.get("jobs"), given.get("uploads")
         if isinstance(self.backbone, JobBackbone) and jobs is not None:
-            uploads = (context.context or {}).get("uploads")
             self._source = self._source_job(jobs, uploads, refuse)
+        if isinstance(self.backbone, TorchvisionBackbone) and uploads is not None:
+            self._check_weights_upload(self.backbone, uploads, refuse)
         if info is not None:
             self._check_dataset(info, refuse)
             self._check_backbone(info, refuse)
@@ -926,7 +931,7 @@ class JobSpec(_Strict):
             if task == "segmentation":
                 message = (
                     "segmentation needs images with a mask each (shapes, or an npz upload of "
-                    f"images x and masks y); {label} is a {info.task} dataset"
+                    f"images x and masks y); dataset {label} is a {info.task} dataset"
                 )
             else:
                 message = f"dataset {label} is a {info.task} dataset, not {task}"
@@ -963,8 +968,8 @@ class JobSpec(_Strict):
             if info.image_shape is None:
                 refuse(
                     ("model", "arch"),
-                    f"cnn needs an image dataset (digits, shapes, image uploads); {label} is "
-                    "tabular",
+                    "cnn needs an image dataset (digits, shapes, image uploads); dataset "
+                    f"{label} is tabular",
                     "cnn",
                 )
             else:
@@ -1012,7 +1017,9 @@ class JobSpec(_Strict):
             )
         except ValidationError as exc:
             refuse(
-                loc, f"job {job_id!r}'s spec is no longer valid: {exc.errors()[0]['msg']}", job_id
+                loc,
+                f"the spec of job {job_id!r} is no longer valid: {exc.errors()[0]['msg']}",
+                job_id,
             )
             return None
         if isinstance(source.backbone, JobBackbone):
@@ -1024,9 +1031,30 @@ class JobSpec(_Strict):
             )
             return None
         if source.backbone is None and source.model.arch == "mlp" and not source.model.hidden:
-            refuse(loc, f"job {job_id!r}'s model has no hidden layers: it has no encoder", job_id)
+            refuse(
+                loc, f"the model of job {job_id!r} has no hidden layers: it has no encoder", job_id
+            )
             return None
         return source
+
+    def _check_weights_upload(
+        self, backbone: TorchvisionBackbone, uploads: dict[str, Any], refuse: Any
+    ) -> None:
+        upload = backbone.upload_id
+        if upload is None:
+            return
+        loc = ("backbone", "torchvision", "weights")
+        meta = uploads.get(upload)
+        if meta is None:
+            refuse(loc, f"there is no weights upload {upload!r}", backbone.weights)
+        elif "arch" not in meta:
+            refuse(loc, f"upload {upload!r} is a dataset, not weights", backbone.weights)
+        elif meta["arch"] != backbone.arch:
+            refuse(
+                loc,
+                f"weights upload {upload!r} holds {meta['arch']} weights, not {backbone.arch}",
+                backbone.weights,
+            )
 
     def _check_backbone(self, info: DatasetInfo, refuse: Any) -> None:
         backbone, label = self.backbone, self.dataset.label
@@ -1064,7 +1092,7 @@ class JobSpec(_Strict):
         if source.model.arch == "mlp" and self.task == "segmentation":
             refuse(
                 loc,
-                f"job {job_id!r}'s encoder is an MLP: segmentation needs a convolutional one",
+                f"the encoder of job {job_id!r} is an MLP: segmentation needs a convolutional one",
                 job_id,
             )
         source_info = source.dataset.known_info()
@@ -1074,26 +1102,30 @@ class JobSpec(_Strict):
             if source_info.n_features != info.n_features:
                 refuse(
                     loc,
-                    f"job {job_id!r}'s encoder takes {source_info.n_features} inputs; dataset "
+                    f"the encoder of job {job_id!r} takes {source_info.n_features} inputs; dataset "
                     f"{label} has {info.n_features}",
                     job_id,
                 )
             return
         assert source_info.image_shape is not None
         if info.image_shape is None:
-            refuse(loc, f"job {job_id!r}'s encoder takes images; {label} is tabular", job_id)
+            refuse(
+                loc,
+                f"the encoder of job {job_id!r} takes images; dataset {label} is tabular",
+                job_id,
+            )
         elif info.image_shape[0] != source_info.image_shape[0]:
             refuse(
                 loc,
-                f"job {job_id!r}'s encoder takes {source_info.image_shape[0]}-channel images; "
+                f"the encoder of job {job_id!r} takes {source_info.image_shape[0]}-channel images; "
                 f"dataset {label} has {info.image_shape[0]} channels",
                 job_id,
             )
         elif min(info.image_shape[1:]) >> len(source.model.channels) == 0:
             refuse(
                 loc,
-                f"job {job_id!r}'s encoder halves the images {len(source.model.channels)} "
-                f"times: the {info.image_shape[1]}x{info.image_shape[2]} images of {label} "
+                f"the encoder of job {job_id!r} halves the images {len(source.model.channels)} "
+                f"times: the {info.image_shape[1]}x{info.image_shape[2]} images of dataset {label} "
                 "are too small",
                 job_id,
             )
@@ -1103,13 +1135,15 @@ class JobSpec(_Strict):
     ) -> None:
         if info.image_shape is None:
             refuse(
-                loc, f"a torchvision backbone needs images; {self.dataset.label} is tabular", None
+                loc,
+                f"a torchvision backbone needs images; dataset {self.dataset.label} is tabular",
+                None,
             )
         elif info.image_shape[0] not in (1, 3):
             refuse(
                 loc,
-                f"a torchvision backbone takes 1- or 3-channel images; {self.dataset.label} "
-                f"has {info.image_shape[0]} channels",
+                "a torchvision backbone takes 1- or 3-channel images; dataset "
+                f"{self.dataset.label} has {info.image_shape[0]} channels",
                 None,
             )
 

@@ -34,7 +34,7 @@ from core.checkpoint import (
     save_weights,
     weights_metadata,
 )
-from core.data import Data, Scaling, load_data
+from core.data import Data, Scaling, load_data, read_source
 from core.diagnosis import GRAD_NORM_PREFIX, diagnose, regularization_summary
 from core.early_stopping import EarlyStopping
 from core.errors import NonFiniteLoss, TrainingError
@@ -167,6 +167,10 @@ def recheck(spec: JobSpec, info: DatasetInfo, meta: dict[str, Any] | None) -> No
     context: dict[str, Any] = {}
     if spec.dataset.source == "upload":
         context["uploads"] = {spec.dataset.id: {**(meta or {}), **info.to_meta()}}
+        backbone = spec.backbone
+        if isinstance(backbone, TorchvisionBackbone) and backbone.upload_id is not None:
+            # Uploaded weights are checked against the architecture as they load.
+            context["uploads"][backbone.upload_id] = {"arch": backbone.arch}
     if isinstance(spec.backbone, JobBackbone) and spec.source is not None:
         source = {"status": "succeeded", "spec": spec.source}
         context["jobs"] = {spec.backbone.from_job: source}
@@ -250,6 +254,8 @@ class Trainer:
         spec = with_source(self.spec, self.resources)
         seed_everything(spec.training.seed)
         images, scaling = input_layout(spec)
+        read = read_source(spec.dataset, self.resources)
+        recheck(spec, read[2], read[3])
         self.data: Data = load_data(
             spec.dataset,
             images=images,
@@ -258,9 +264,9 @@ class Trainer:
             resources=self.resources,
             task=spec.task,
             scaling=scaling,
+            read=read,
         )
         info = self.data.info
-        recheck(spec, info, None)
         self.task: str = spec.task or info.task
         self.model = build_model(spec, info).to(self.device, self.dtype)
         load_backbone(self.model, spec, self.resources)
@@ -268,7 +274,7 @@ class Trainer:
         # Batch-norm layers of a frozen backbone: kept in eval mode (see _train_mode).
         self._frozen_norms: list[nn.Module] = []
         if backbone is not None and backbone.freeze:
-            self._frozen_norms = set_frozen(self.model.body, True)
+            self._frozen_norms = set_frozen(self._body(), True)
         self._unfrozen = False
         self._has_batch_norm = any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()
@@ -322,10 +328,10 @@ class Trainer:
         its own at lr × lr_scale."""
         backbone = self.spec.backbone
         assert backbone is not None and backbone.freeze and not self._unfrozen
-        set_frozen(self.model.body, False)
+        set_frozen(self._body(), False)
         self._frozen_norms = []
         self._unfrozen = True
-        params = list(self.model.body.parameters())
+        params = list(self._body().parameters())
         scale = backbone.lr_scale or 1.0
         for group in decay_groups(params, self.spec.regularization.weight_decay, scale):
             self.optimizer.add_param_group(group)
@@ -339,6 +345,11 @@ class Trainer:
             and epoch >= backbone.unfreeze_at_epoch
             and not self._unfrozen
         )
+
+    def _body(self) -> nn.Module:
+        body = self.model.body
+        assert isinstance(body, nn.Module)
+        return body
 
     def _train_mode(self) -> None:
         self.model.train()
@@ -477,8 +488,8 @@ class Trainer:
             losses.append(loss.detach())
             if not dense:
                 outputs.append(out.detach())  # for the accuracy, counted once after the loop
-            else:
-                outputs.append((out.argmax(1) == yb).sum() if task == "segmentation" else out[:0])
+            elif task == "segmentation":
+                outputs.append((out.argmax(1) == yb).sum())
             if penalty is not None:
                 penalties.append(penalty.detach())
 

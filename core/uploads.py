@@ -152,7 +152,8 @@ def _pixel_max(x: np.ndarray) -> float:
 
 def _check_classes(counts: np.ndarray, names: list[str], what: str = "class") -> None:
     if len(names) < 2:
-        raise InvalidUpload(f"a classification dataset needs at least 2 classes; found {len(names)}")
+        found = len(names)
+        raise InvalidUpload(f"a classification dataset needs at least 2 classes; found {found}")
     for name, count in zip(names, counts, strict=True):
         if count == 0:
             raise InvalidUpload(f"{what} {name!r} has no samples")
@@ -192,7 +193,9 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, d
     labels: list[str] = []
     for i, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
-            raise InvalidUpload(f"CSV line {i} has {len(row)} columns; the header has {len(header)}")
+            raise InvalidUpload(
+                f"CSV line {i} has {len(row)} columns; the header has {len(header)}"
+            )
         labels.append(row[t].strip())
         cells = row[:t] + row[t + 1 :]
         for j, cell in enumerate(cells):
@@ -211,7 +214,9 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, d
     if numbers is None:  # text labels: classes
         names = sorted(set(labels))
         if len(names) > MAX_CLASSES:
-            raise InvalidUpload(f"target {target!r} has {len(names)} classes; at most {MAX_CLASSES}")
+            raise InvalidUpload(
+                f"target {target!r} has {len(names)} classes; at most {MAX_CLASSES}"
+            )
         index = {n: k for k, n in enumerate(names)}
         y = np.array([index[v] for v in labels], dtype=np.int64)
         _check_classes(np.bincount(y, minlength=len(names)), names)
@@ -267,7 +272,7 @@ def _read_npz(path: Path, max_bytes: int) -> tuple[np.ndarray, np.ndarray, dict[
         )
     declared = sum(i.file_size for i in infos)
     if declared > max_bytes:
-        raise InvalidUpload(f"the arrays unpack to {declared:,} bytes; at most {max_bytes:,}")
+        raise InvalidUpload(f"the arrays unpack to {declared:,} bytes; at most {max_bytes:,} bytes")
     for info in infos:
         _check_ratio(info)
     try:
@@ -389,7 +394,9 @@ def _read_imagefolder(
             raise InvalidUpload(f"the archive has {len(infos):,} members; at most {max_files:,}")
         declared = sum(i.file_size for i in infos)
         if declared > max_bytes:
-            raise InvalidUpload(f"the archive unpacks to {declared:,} bytes; at most {max_bytes:,}")
+            raise InvalidUpload(
+                f"the archive unpacks to {declared:,} bytes; at most {max_bytes:,} bytes"
+            )
         files: list[tuple[PurePosixPath, zipfile.ZipInfo]] = []
         folders: set[PurePosixPath] = set()
         for info in infos:
@@ -426,7 +433,7 @@ def _read_imagefolder(
 
         images: list[Any] = []
         labels: list[int] = []
-        unpacked = 0
+        unpacked = decoded = 0
         for label, name in enumerate(names):
             for member, info in sorted(classes[name], key=lambda item: str(item[0])):
                 with archive.open(info) as f:
@@ -435,7 +442,9 @@ def _read_imagefolder(
                 unpacked += len(data)
                 if unpacked > max_bytes:
                     raise InvalidUpload(f"the archive unpacks to more than {max_bytes:,} bytes")
-                images.append(_decode(Image, member, data))
+                im, size = _decode(Image, member, data, MAX_DECODED_BYTES - decoded)
+                decoded += size
+                images.append(im)
                 labels.append(label)
     gray = all(im.mode in ("1", "L", "I", "I;16", "F") for im in images)
     mode = "L" if gray else "RGB"
@@ -461,22 +470,29 @@ def _read_imagefolder(
     return x, y, _describe(x, y, "classification", names, resized=resized)
 
 
-def _decode(image_module: Any, member: PurePosixPath, data: bytes) -> Any:
+def _decode(image_module: Any, member: PurePosixPath, data: bytes, budget: int) -> tuple[Any, int]:
+    """The decoded image and the bytes its pixels take, refused before decoding if it is
+    larger than one image may be or than the budget left for all of them: a small file
+    can declare a huge image."""
     shown = str(member)[:100]
     try:
         im = image_module.open(io.BytesIO(data))
         width, height = im.size
-        # Checked before the pixels are decoded: a small file can declare a huge image.
         if width * height > MAX_IMAGE_PIXELS:
             raise InvalidUpload(
                 f"{shown!r} is {width}x{height}: at most {MAX_IMAGE_PIXELS:,} pixels an image"
+            )
+        size = width * height * len(im.getbands())
+        if size > budget:
+            raise InvalidUpload(
+                f"the images take more than {MAX_DECODED_BYTES:,} bytes decoded (at {shown!r})"
             )
         im.load()
     except InvalidUpload:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for a bad file
         raise InvalidUpload(f"{shown!r} is not an image Pillow can read: {exc}") from None
-    return im
+    return im, size
 
 
 def _to_8bit(im: Any) -> Any:
@@ -501,8 +517,6 @@ def read_weights(path: str | PathLike[str]) -> tuple[dict[str, torch.Tensor], st
     torch.load(weights_only=True), which refuses every pickled object but tensors and plain
     containers, so a file that would run code when unpickled is refused, not run.
     """
-    import pickle
-
     import safetensors
     import safetensors.torch
     import torch
@@ -517,7 +531,7 @@ def read_weights(path: str | PathLike[str]) -> tuple[dict[str, torch.Tensor], st
             raise InvalidUpload(f"not a valid safetensors file: {exc}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - refused pickles and broken files fail variously
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidUpload(
             "not a safetensors file, nor a PyTorch state dict that loads with "
@@ -542,14 +556,17 @@ def read_weights(path: str | PathLike[str]) -> tuple[dict[str, torch.Tensor], st
 def architecture_shapes(arch: str) -> dict[str, tuple[int, ...]]:
     """The state-dict shapes of a torchvision architecture (built on the meta device:
     no memory, no initialization)."""
+    return {k: tuple(v.shape) for k, v in _meta_model(arch).state_dict().items()}
+
+
+def _meta_model(arch: str) -> torch.nn.Module:
     import torch
     import torchvision
 
     if arch not in TORCHVISION_BODIES:
         raise InvalidUpload(f"unknown architecture {arch!r}: use {', '.join(TORCHVISION_BODIES)}")
     with torch.device("meta"):
-        model = torchvision.models.get_model(arch, weights=None)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return torchvision.models.get_model(arch, weights=None)
 
 
 def weights_mismatches(
@@ -594,11 +611,12 @@ def inspect_weights(path: str | PathLike[str], arch: str) -> dict[str, Any]:
         raise InvalidUpload(f"the weights do not fit {arch}: " + " | ".join(problems))
     head = TORCHVISION_BODIES[arch].head_keys
     weight = tensors.get(head[0])
+    parameters = {name for name, _ in _meta_model(arch).named_parameters()}
     return {
         "format": format,
         "arch": arch,
         "tensors": len(tensors),
-        "parameters": int(sum(v.numel() for v in tensors.values() if v.is_floating_point())),
+        "parameters": int(sum(v.numel() for k, v in tensors.items() if k in parameters)),
         "dtypes": sorted({str(v.dtype).removeprefix("torch.") for v in tensors.values()}),
         # The classifier the weights were trained with (replaced by the job's head).
         "head_classes": int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None,

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -74,3 +76,82 @@ def test_leakage_count_and_majority_baseline_come_with_the_data() -> None:
     assert digits.majority_baseline == pytest.approx(146 / 1437)  # classes 1 and 3
     regression = load_data(ds(name="regression", n_samples=50))
     assert regression.majority_baseline is None
+
+
+# ------------------------------------------------------------------ uploads and generated
+
+
+def test_uploaded_datasets_train_like_builtin_ones(tmp_path: Path) -> None:
+    from sklearn.datasets import load_iris
+
+    from core.resources import Resources
+    from core.train import Trainer
+    from core.uploads import inspect_dataset
+    from tests.core.builders import png_bytes, write_zip
+
+    iris = load_iris()
+    lines = ["sepal_length,sepal_width,petal_length,petal_width,species"]
+    lines += [
+        ",".join(f"{v:g}" for v in row) + f",{iris.target_names[t]}"
+        for row, t in zip(iris.data, iris.target, strict=True)
+    ]
+    (tmp_path / "iris.csv").write_text("\n".join(lines) + "\n")
+    colours = {"red": (200, 20, 20), "blue": (20, 20, 200)}
+    entries = {f"{c}/{i}.png": png_bytes(rgb) for c, rgb in colours.items() for i in range(6)}
+    write_zip(tmp_path / "folder.zip", entries)
+    masks = np.zeros((30, 8, 8), dtype=np.int64)
+    masks[:, 2:5, 2:5] = 1
+    images = np.where(masks[:, None] == 1, 0.9, 0.1) + np.random.default_rng(0).normal(
+        0, 0.05, (30, 1, 8, 8)
+    )
+    np.savez(tmp_path / "masks.npz", x=images.astype(np.float32), y=masks)
+    resources = Resources(
+        datasets={
+            "iris": tmp_path / "iris.csv",
+            "folder": tmp_path / "folder.zip",
+            "masks": tmp_path / "masks.npz",
+        }
+    )
+    meta = inspect_dataset(tmp_path / "iris.csv", "csv", target="species")
+    assert meta["class_names"] == ["setosa", "versicolor", "virginica"]
+
+    def train(dataset: dict, **spec: object) -> dict:
+        body = {"dataset": {"source": "upload", **dataset}, "training": {"device": "cpu"}}
+        trainer = Trainer({**body, **spec}, resources=resources).setup()
+        return trainer.train().history[-1].metrics
+
+    iris_spec = {"id": "iris", "format": "csv", "target": "species"}
+    metrics = train(iris_spec, optimizer={"lr": 0.02}, training={"epochs": 10, "device": "cpu"})
+    assert metrics["val_accuracy"] > 0.8
+    metrics = train(
+        {"id": "folder"},
+        model={"arch": "cnn", "channels": [4]},
+        training={"epochs": 1, "batch_size": 4, "device": "cpu"},
+    )
+    assert "val_accuracy" in metrics
+    metrics = train(
+        {"id": "masks"},
+        task="segmentation",
+        model={"arch": "cnn", "channels": [4]},
+        optimizer={"lr": 0.02},
+        training={"epochs": 8, "batch_size": 8, "device": "cpu"},
+    )
+    assert metrics["val_accuracy"] > 0.9  # per pixel; background alone is 0.86
+
+
+def test_a_labelled_subset_keeps_the_validation_split() -> None:
+    whole = load_data(ds(name="digits"))
+    subset = load_data(ds(name="digits", train_size=100))
+    assert len(subset.x_train) == 100 and torch.equal(subset.y_val, whole.y_val)
+    assert torch.bincount(subset.y_train).min() >= 9  # stratified: about ten of each digit
+
+
+def test_shapes_are_generated_reproducibly() -> None:
+    spec = ds(name="shapes", n_samples=20, image_size=16)
+    x, y = raw_arrays(spec)
+    assert x.shape == (20, 3, 16, 16) and y.shape == (20, 16, 16)
+    assert 0.0 <= x.min() and x.max() <= 1.0 and set(np.unique(y)) == {0, 1, 2}
+    again, _ = raw_arrays(spec)
+    assert np.array_equal(x, again)
+    data = load_data(spec, images=True, task="segmentation")
+    assert data.y_train.dtype == torch.int64 and data.majority_baseline is not None
