@@ -14,8 +14,8 @@ RUN pip install -e .
 
 # Run as a user of its own; /artifacts is where the shared artifact volume is mounted.
 RUN useradd --create-home --uid 1000 descent \
-    && mkdir -p /artifacts \
-    && chown descent /artifacts
+    && mkdir -p /artifacts /torch-cache \
+    && chown descent /artifacts /torch-cache
 USER descent
 
 EXPOSE 8000
