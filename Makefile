@@ -21,6 +21,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy core
 
 bench: install
 	$(BIN)/python -m benchmarks

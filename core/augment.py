@@ -23,12 +23,13 @@ import hashlib
 import math
 import struct
 from collections.abc import Sequence
+from typing import overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.spec import GEOMETRIC_OPS, AugmentationOp, ColorJitter, Cutout
+from core.spec import GEOMETRIC_OPS, AugmentationOp, ColorJitter, Crop, Cutout, Translate
 
 # Luma weights (ITU-R BT.601), as torchvision's rgb_to_grayscale uses.
 _GREY = (0.299, 0.587, 0.114)
@@ -101,6 +102,18 @@ class Augmenter:
                 self.stages.append([op])
         self.generator = torch.Generator(self.device)
 
+    @overload
+    def __call__(
+        self, x: torch.Tensor, epoch: int, step: int, mask: None = None
+    ) -> torch.Tensor: ...
+    @overload
+    def __call__(
+        self, x: torch.Tensor, epoch: int, step: int, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @overload
+    def __call__(
+        self, x: torch.Tensor, epoch: int, step: int, mask: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
     def __call__(
         self, x: torch.Tensor, epoch: int, step: int, mask: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -181,9 +194,10 @@ class Augmenter:
                     factor = torch.where(applied, factor, 1.0)
                 a = a / factor[:, None, None]
             else:  # crop (a shift of up to `padding`), translate (up to fraction × size)
-                if op.op == "crop":
+                if isinstance(op, Crop):
                     limit_x = limit_y = op.padding
                 else:
+                    assert isinstance(op, Translate)
                     limit_x = math.floor(op.fraction * width)
                     limit_y = math.floor(op.fraction * height)
                 shift = torch.stack(

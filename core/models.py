@@ -10,6 +10,7 @@ body under a new head. The body is what a later job can take as its backbone.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -303,7 +304,9 @@ def initialize(model: nn.Module, spec: ModelSpec) -> None:
     if spec.init == "default":
         return  # PyTorch's own: uniform(±1/√n_in)
     # Kaiming's gain depends on the nonlinearity: leaky_relu has its own, the rest count as relu.
-    nonlinearity = "leaky_relu" if spec.activation == "leaky_relu" else "relu"
+    nonlinearity: Literal["leaky_relu", "relu"] = (
+        "leaky_relu" if spec.activation == "leaky_relu" else "relu"
+    )
     for module in model.modules():
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
             continue

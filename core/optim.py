@@ -22,7 +22,7 @@ parameter of a group whose .grad is None counts as having a zero gradient.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -153,7 +153,7 @@ class SGD(_FlatOptimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -202,7 +202,7 @@ class RMSprop(_FlatOptimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -261,7 +261,7 @@ class Adam(_FlatOptimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -361,7 +361,7 @@ def param_groups(
 
 
 def decay_groups(
-    params: list[torch.Tensor], weight_decay: float, lr_scale: float | None = None
+    params: Sequence[torch.Tensor], weight_decay: float, lr_scale: float | None = None
 ) -> list[dict[str, Any]]:
     scale = {} if lr_scale is None else {"lr_scale": lr_scale}
     if not weight_decay:

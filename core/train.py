@@ -14,9 +14,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -621,7 +622,7 @@ class Trainer:
             starts.pop()  # a last batch of one row has no batch statistics: skip it
         return starts
 
-    def _penalty(self, weights: list[torch.Tensor]) -> torch.Tensor | None:
+    def _penalty(self, weights: Sequence[torch.Tensor]) -> torch.Tensor | None:
         """l1·Σ|w| + (l2/2)·Σw² over weight matrices and kernels, or None when both are 0."""
         reg = self.spec.regularization
         if not (reg.l1 or reg.l2):
@@ -633,7 +634,7 @@ class Trainer:
             total = total + (reg.l2 / 2) * sum(w.pow(2).sum() for w in weights)
         return total
 
-    def _grad_norms(self) -> list[torch.Tensor]:
+    def _grad_norms(self) -> tuple[torch.Tensor, ...]:
         """The norm of each parameter's gradient (0-d tensors, one kernel for all)."""
         return torch._foreach_norm(
             [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
@@ -646,7 +647,7 @@ class Trainer:
         whole = squares.sum(1).sqrt().mean().reshape(1)
         return torch.cat([whole, (squares @ self._layer_matrix).sqrt().mean(0)])
 
-    def _clip_gradients(self) -> list[torch.Tensor]:
+    def _clip_gradients(self) -> tuple[torch.Tensor, ...]:
         """Clip by norm and/or value; return each parameter's gradient norm from before clipping."""
         reg = self.spec.regularization
         norms = self._grad_norms()
@@ -820,7 +821,9 @@ def fit(
 
 # RNG states as tensors and plain values, so torch.load(weights_only=True) can read them back.
 def _rng_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    # legacy=True is the default; the global MT19937 generator's legacy state is this tuple.
+    state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    name, keys, pos, has_gauss, cached = state
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
