@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -78,6 +79,18 @@ class InvalidParameter(Exception):
     @classmethod
     def one(cls, loc: Sequence[str | int], msg: str, value: Any = None) -> "InvalidParameter":
         return cls([(loc, msg, value)])
+
+    @classmethod
+    def from_validation(
+        cls, exc: ValidationError, prefix: Sequence[str | int] = ("body",)
+    ) -> "InvalidParameter":
+        """A pydantic ValidationError raised by a service (a body validated again with
+        what only the database knows), its locations under ``prefix``, its types kept."""
+        found = exc.errors()
+        made = cls([((*prefix, *e["loc"]), e["msg"], e.get("input")) for e in found])
+        for item, error in zip(made.errors, found, strict=True):
+            item["type"] = error["type"]
+        return made
 
 
 def clean_validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:

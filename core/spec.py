@@ -827,6 +827,10 @@ class TrainingSpec(_Strict):
     full_batch: bool = False
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # A limit on the job's training time (over all its attempts): the service stops it after
+    # the epoch in which it passed this (stop reason max_runtime; the best checkpoint is
+    # kept). Submitting counts it against the owner's compute budget. fit() ignores it.
+    max_runtime_seconds: float | None = Field(None, gt=0.0, le=365 * 24 * 3600.0)
 
 
 class EarlyStoppingSpec(_Strict):

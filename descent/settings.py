@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     # Dataset and weights uploads have a limit of their own (413 over it); each owner's
     # uploads together are bounded by limit_upload_bytes.
     max_upload_bytes: int = 200_000_000
-    # An archive (a .npz dataset) may unpack to at most this many bytes (zip bombs).
+    # An archive (an .npz dataset, an image folder's zip) may unpack to at most this many
+    # bytes (zip bombs).
     max_unpacked_bytes: int = 2_000_000_000
     metrics_page_limit: int = 1000
 
@@ -50,7 +51,8 @@ class Settings(BaseSettings):
     limit_active_jobs: int = 8
     # Most epochs (training.epochs) one job may ask for.
     limit_epochs: int = 10_000
-    # Most trainable parameters of one job's model.
+    # Most parameters of one job's model (a frozen backbone's included: it may be unfrozen,
+    # and every step runs through it).
     limit_parameters: int = 50_000_000
     # Bytes of datasets and weights an owner may keep uploaded, all uploads together.
     limit_upload_bytes: int = 1_000_000_000

@@ -4,6 +4,7 @@ Stored names are always made by the server: ``<job id>/<stem>.<suffix>``.
 """
 
 import hashlib
+import hmac
 import os
 import tempfile
 from pathlib import Path
@@ -63,3 +64,12 @@ def atomic_copy(source: BinaryIO, destination: Path, chunk: int = 1 << 20) -> st
         Path(tmp).unlink(missing_ok=True)
         raise
     return digest.hexdigest()
+
+
+def sha256_matches(path: Path, expected: str) -> bool:
+    """Whether the file's sha256 is the one recorded for it (read in blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return hmac.compare_digest(digest.hexdigest(), expected)

@@ -160,10 +160,12 @@ class Upload(Base):
     kind: Mapped[str] = mapped_column(String(16))  # dataset | weights
     name: Mapped[str | None] = mapped_column(String(200))
     filename: Mapped[str | None] = mapped_column(String(200))
-    format: Mapped[str] = mapped_column(String(16))  # npz | csv | safetensors
+    # csv | npz | imagefolder (datasets); safetensors | pytorch (weights)
+    format: Mapped[str] = mapped_column(String(16))
     path: Mapped[str] = mapped_column(String(500))  # relative to the artifact store's root
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
-    # What validation found: arrays and their shapes, columns, or tensors.
+    # What validation found (core.uploads' metadata): a dataset's task, shapes and classes,
+    # or weights' architecture and tensors. Job specs naming the upload are checked against it.
     info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -17,8 +17,6 @@ attempt; the others fail the job at once with their reason. A job is started at 
 ``settings.max_attempts`` times.
 """
 
-import hashlib
-import hmac
 import logging
 import math
 import os
@@ -35,14 +33,16 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from core.errors import NonFiniteLoss, TrainingError
+from core.resources import Resources
 from core.results import EpochRecord, FitResult
 from core.spec import JobSpec
 from core.train import Trainer, TrainerHooks
 from descent.settings import Settings, get_settings
-from store.artifacts import LocalArtifacts, get_artifacts
+from store.artifacts import LocalArtifacts, get_artifacts, sha256_matches
 from store.db import session_scope
 from store.models import Checkpoint, Job, JobStatus, Metric
 from store.users import limits_for, used_device_hours
+from worker.resources import job_resources
 
 log = logging.getLogger(__name__)
 
@@ -276,13 +276,30 @@ class WorkerHooks(TrainerHooks):
         self.lease, self.artifacts, self.keep_top_k = lease, artifacts, keep_top_k
         self.settings = settings
         self.budget_used_up: str | None = None
+        # training.max_runtime_seconds: the job's own limit, over all its attempts.
+        self.max_runtime: float | None = None
+        self.runtime_used_up: str | None = None
         self._mark = time.monotonic()
+
+    def limit_runtime(self, max_runtime: float | None, runtime: float, epoch: int) -> None:
+        """Stop after the epoch in which the job's training time passes max_runtime
+        (checked at the start too: a resumed job may have used its time already)."""
+        self.max_runtime = max_runtime
+        self._check_runtime(runtime, epoch)
+
+    def _check_runtime(self, runtime: float, epoch: int) -> None:
+        if self.max_runtime is not None and runtime >= self.max_runtime:
+            self.runtime_used_up = (
+                f"trained for {runtime:.1f} s, past training.max_runtime_seconds "
+                f"({self.max_runtime:g}); stopped after epoch {epoch}"
+            )
 
     def should_stop(self) -> bool:
         return (
             self.lease.cancelled.is_set()
             or self.lease.lost.is_set()
             or self.budget_used_up is not None
+            or self.runtime_used_up is not None
         )
 
     def start_clock(self) -> None:
@@ -345,6 +362,7 @@ class WorkerHooks(TrainerHooks):
                 job.best_checkpoint_id = checkpoint.id
             doomed = stale + self._retire(session, job)
             self._check_budget(session)
+            self._check_runtime(job.runtime_seconds, record.epoch)
         for row in doomed:
             self.artifacts.delete(row.weights_path)
             self.artifacts.delete(row.state_path)
@@ -434,7 +452,12 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
     hooks = WorkerHooks(job, lease, artifacts, spec.checkpoints.keep_top_k, settings)
     try:
         sweep_orphans(job_id, artifacts)
-        trainer = resume(spec, hooks, job_id, artifacts)
+        # Uploads and a backbone job that are missing or do not fit fail the job here, at
+        # its start, with the reason (a TrainingError: never retried).
+        resources = job_resources(spec, job.owner, artifacts)
+        trainer = resume(spec, hooks, job_id, artifacts, resources)
+        _record_parameters(job_id, worker, trainer.parameter_counts())
+        hooks.limit_runtime(spec.training.max_runtime_seconds, _runtime(job_id), trainer.epoch)
         hooks.start_clock()
         result = trainer.train()
     except LeaseLost:
@@ -459,16 +482,37 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
     if hooks.budget_used_up is not None and result.status == "cancelled":
         _fail(job_id, worker, hooks.budget_used_up, "budget", reason="budget")
         return "failed"
-    outcome = _succeed(job_id, worker, result)
+    stop = None
+    if (
+        hooks.runtime_used_up is not None
+        and result.status == "cancelled"
+        and not lease.cancelled.is_set()
+    ):
+        # It trained, and stopped at its own limit: a success, with its best checkpoint.
+        result.status = "succeeded"
+        stop = {
+            "reason": "max_runtime",
+            "rule": None,
+            "epoch": result.last_epoch,
+            "detail": hooks.runtime_used_up,
+        }
+    outcome = _succeed(job_id, worker, result, stop=stop)
     sweep_orphans(job_id, artifacts)
     return outcome
 
 
-def resume(spec: JobSpec, hooks: WorkerHooks, job_id: str, artifacts: LocalArtifacts) -> Trainer:
+def resume(
+    spec: JobSpec,
+    hooks: WorkerHooks,
+    job_id: str,
+    artifacts: LocalArtifacts,
+    resources: Resources | None = None,
+) -> Trainer:
     """A trainer set up from the spec, continuing after the job's last loadable checkpoint.
 
     A redelivered job continues where it stopped, not from scratch. Should the last
     checkpoint not load (its files damaged), the one before it is tried, and so on.
+    resources: the uploads and backbone job the spec names (see worker.resources).
     """
     with session_scope() as session:
         rows = list(
@@ -478,37 +522,46 @@ def resume(spec: JobSpec, hooks: WorkerHooks, job_id: str, artifacts: LocalArtif
                 .order_by(Checkpoint.epoch.desc())
             )
         )
-    trainer = Trainer(spec, hooks=hooks).setup()
+    trainer = Trainer(spec, hooks=hooks, resources=resources).setup()
     for row in rows:
         try:
             weights = artifacts.path(row.weights_path)
-            if not _sha256_matches(weights, row.sha256):
+            if not sha256_matches(weights, row.sha256):
                 raise TrainingError(f"{weights.name} does not match its recorded sha256")
             trainer.load_checkpoint(artifacts.path(row.state_path), weights)
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint: try the one before
             log.warning("job %s: checkpoint of epoch %d does not load: %s", job_id, row.epoch, exc)
-            trainer = Trainer(spec, hooks=hooks).setup()  # a clean state for the next try
+            # A clean state for the next try.
+            trainer = Trainer(spec, hooks=hooks, resources=resources).setup()
             continue
         log.info("job %s resumes after epoch %d", job_id, row.epoch)
         return trainer
     return trainer
 
 
-def _sha256_matches(path: Path, expected: str) -> bool:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return hmac.compare_digest(digest.hexdigest(), expected)
+def _record_parameters(job_id: str, worker: str, counts: dict[str, int]) -> None:
+    """The built model's trainable and frozen parameter counts, on the job's row."""
+    with session_scope() as session:
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.worker == worker).values(parameters=counts)
+        )
 
 
-def _succeed(job_id: str, worker: str, result: FitResult) -> str:
+def _runtime(job_id: str) -> float:
+    with session_scope() as session:
+        return session.scalar(select(Job.runtime_seconds).where(Job.id == job_id)) or 0.0
+
+
+def _succeed(
+    job_id: str, worker: str, result: FitResult, *, stop: dict[str, Any] | None = None
+) -> str:
+    """Write the job's end; ``stop`` replaces the result's own (a limit the worker applied)."""
     with session_scope() as session:
         job = session.get_one(Job, job_id, with_for_update=True)
         if job.worker != worker:
             return "lost"
         status = JobStatus.CANCELLED if result.status == "cancelled" else JobStatus.SUCCEEDED
-        stop = result.stop.to_dict()
+        stop = dict(stop) if stop is not None else result.stop.to_dict()
         stop.update(
             best_epoch=result.best_epoch,
             best_value=finite(result.best_value),

@@ -31,7 +31,12 @@ def submit_job(
     settings: SettingsDep,
     tasks: TaskQueueDep,
 ) -> JobPublic:
-    """Validate a job spec, store the job as queued and send it to a worker queue."""
+    """Validate a job spec, store the job as queued and send it to a worker queue.
+
+    The uploads (`dataset: {source: upload, id}`, `backbone.weights: "upload:<id>"`) and the
+    backbone job (`backbone.from_job`) a spec names must be your own, and must fit: a
+    backbone job must have succeeded, and its encoder must take this dataset's inputs.
+    """
     job = service.submit_job(session, spec, owner=owner, settings=settings, tasks=tasks)
     return JobPublic.from_row(job)
 

@@ -5,7 +5,9 @@ import binascii
 import logging
 from datetime import datetime
 from functools import partial
+from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
@@ -13,10 +15,10 @@ from api.db import on_commit
 from api.encoding import as_utc, non_finite_paths
 from api.errors import Conflict, InvalidParameter, NotFound, TooManyRequests, Unavailable
 from api.queue import TaskQueue
-from core.spec import JobSpec, warnings
+from core.spec import JobBackbone, JobSpec, warnings
 from descent.settings import Settings
 from store.db import session_scope
-from store.models import Job, JobStatus, utcnow
+from store.models import Job, JobStatus, Upload, utcnow
 from store.users import active_jobs, limits_for, used_device_hours
 
 logger = logging.getLogger("api.jobs")
@@ -25,13 +27,18 @@ logger = logging.getLogger("api.jobs")
 def submit_job(
     session: Session, spec: JobSpec, *, owner: str, settings: Settings, tasks: TaskQueue
 ) -> Job:
-    """Store a queued job; it is sent to its queue once the request's transaction commits."""
+    """Store a queued job; it is sent to its queue once the request's transaction commits.
+
+    ``spec`` is the body as the route parsed it; it is validated again here against the
+    owner's uploads and jobs that it names (see ``with_context``).
+    """
+    spec = with_context(session, spec, owner=owner)
     spec_json = spec.model_dump(mode="json")
     # JSON has no NaN or infinity; the stored spec must be valid JSON for every database.
     bad = non_finite_paths(spec_json)
     if bad:
         raise InvalidParameter([(("body", *path), "must be a finite number", None) for path in bad])
-    check_limits(session, spec, owner=owner, settings=settings)
+    parameters = check_limits(session, spec, owner=owner, settings=settings)
     stopping = spec.early_stopping
     job = Job(
         owner=owner,
@@ -43,6 +50,8 @@ def submit_job(
         monitor=stopping.monitor if stopping else "val_loss",
         mode=(stopping.mode if stopping else None) or "min",
         warnings=warnings(spec),
+        # Counted from the spec now; the worker writes the built model's counts at its start.
+        parameters=parameters,
     )
     session.add(job)
     session.flush()
@@ -50,9 +59,67 @@ def submit_job(
     return job
 
 
-def check_limits(session: Session, spec: JobSpec, *, owner: str, settings: Settings) -> None:
+def with_context(session: Session, spec: JobSpec, *, owner: str) -> JobSpec:
+    """The spec validated again, knowing the uploads and the backbone job it names.
+
+    The validation context holds the owner's own rows only: another owner's upload or job
+    reads exactly as one that does not exist (422 "there is no ..."), never revealing it.
+    A backbone job also brings the uploads its own spec names, which its spec is read with.
+    """
+    upload_ids = set(_upload_ids(spec.model_dump(mode="json")))
+    jobs: dict[str, dict[str, Any]] = {}
+    source: Job | None = None
+    if isinstance(spec.backbone, JobBackbone):
+        source = session.scalars(
+            select(Job).where(Job.id == spec.backbone.from_job, Job.owner == owner)
+        ).one_or_none()
+        if source is not None:
+            jobs[source.id] = {"status": source.status, "spec": source.spec}
+            upload_ids.update(_upload_ids(source.spec))
+    uploads: dict[str, dict[str, Any]] = {}
+    if upload_ids:
+        rows = session.execute(
+            select(Upload.id, Upload.info).where(
+                Upload.owner == owner, Upload.id.in_(sorted(upload_ids))
+            )
+        )
+        uploads = {row.id: row.info for row in rows}
+    try:
+        checked = JobSpec.model_validate(
+            spec.model_dump(mode="json"), context={"uploads": uploads, "jobs": jobs}
+        )
+    except ValidationError as exc:
+        raise InvalidParameter.from_validation(exc) from None
+    if source is not None and source.best_checkpoint_id is None:
+        raise InvalidParameter.one(
+            ("body", "backbone", "job", "from_job"),
+            f"job {source.id!r} finished without a checkpoint: it has no encoder to take",
+            source.id,
+        )
+    return checked
+
+
+def _upload_ids(spec: dict[str, Any]) -> list[str]:
+    """The uploads a stored (JSON) spec names: its dataset and its backbone's weights."""
+    found = []
+    dataset = spec.get("dataset") or {}
+    if dataset.get("source") == "upload" and dataset.get("id"):
+        found.append(str(dataset["id"]))
+    weights = (spec.get("backbone") or {}).get("weights")
+    if isinstance(weights, str) and weights.startswith("upload:"):
+        found.append(weights.removeprefix("upload:"))
+    return found
+
+
+def check_limits(
+    session: Session, spec: JobSpec, *, owner: str, settings: Settings
+) -> dict[str, int]:
     """The owner's limits (OWASP API4): the job's size is a 422 naming the field; the
-    owner's jobs at once and compute budget are a 429 saying which limit was reached."""
+    owner's jobs at once and compute budget are a 429 saying which limit was reached.
+
+    ``spec`` is validated with its context (with_context), so that an upload's shape and a
+    backbone job's model are known. Returns the model's parameter counts.
+    """
     limits = limits_for(session, owner, settings, lock=True)
     errors: list[tuple[tuple[str, ...], str, object]] = []
     if spec.training.epochs > limits.epochs:
@@ -63,13 +130,16 @@ def check_limits(session: Session, spec: JobSpec, *, owner: str, settings: Setti
                 spec.training.epochs,
             )
         )
-    parameters = spec.parameter_count()
+    counts = spec.parameter_counts()
+    # A frozen backbone counts too: it may be unfrozen, and every step runs through it.
+    parameters = counts["trainable"] + counts["frozen"]
     if parameters > limits.parameters:
+        frozen = f", {counts['frozen']:,} of them in a frozen backbone" if counts["frozen"] else ""
         errors.append(
             (
                 ("body", "model"),
-                f"the model has {parameters:,} trainable parameters; this account's limit "
-                f"is {limits.parameters:,}",
+                f"the model has {parameters:,} parameters{frozen}; this account's limit is "
+                f"{limits.parameters:,}",
                 None,
             )
         )
@@ -88,6 +158,15 @@ def check_limits(session: Session, spec: JobSpec, *, owner: str, settings: Setti
                 f"this account's compute budget of {limits.device_hours:g} device-hours "
                 f"is used up ({used:.2f} used)"
             )
+        runtime = spec.training.max_runtime_seconds
+        if runtime is not None and used + runtime / 3600 > limits.device_hours:
+            raise TooManyRequests(
+                f"this job may train for {runtime / 3600:.3f} device-hours "
+                f"(training.max_runtime_seconds {runtime:g}); this account has used "
+                f"{used:.3f} of its {limits.device_hours:g} device-hours, "
+                f"{limits.device_hours - used:.3f} are left"
+            )
+    return counts
 
 
 def enqueue_job(job_id: str, queue: str, tasks: TaskQueue) -> None:

@@ -1,1 +1,2 @@
-"""Uploads: datasets (.npz or .csv) and weights (.safetensors), owned like jobs."""
+"""Uploads: datasets (CSV, NPZ, a zip of an image folder) and backbone weights (safetensors
+or a PyTorch state dict), owned like jobs."""

@@ -2,8 +2,9 @@
 
 The multipart body is parsed by the handler itself, after the bearer token has been checked
 (FastAPI would read a declared form before any dependency runs), with tight form limits:
-one file part, one text field, small text parts. The body as a whole is bounded by the
-upload size limit (413), and the owner's total by their upload quota (413).
+one file part, at most two small text fields (``name``, and ``target`` for a CSV dataset or
+``arch`` for weights). The body as a whole is bounded by the upload size limit (413), and
+the owner's total by their upload quota (413).
 """
 
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from api.deps import CurrentOwner, SessionDep, SettingsDep
 from api.errors import InvalidParameter, TooLarge
 from api.uploads import service
 from api.uploads.schemas import UploadPublic, UploadsPublic
+from api.uploads.validate import ARCHITECTURES
 from descent.settings import Settings
 
 router = APIRouter(tags=["uploads"])
@@ -23,9 +25,13 @@ router = APIRouter(tags=["uploads"])
 # Paths whose body may be as large as an upload (api/limits.py reads these).
 UPLOAD_PATHS = ("/v1/datasets", "/v1/weights")
 MAX_NAME = 200
+# The text fields each kind of upload takes besides `name`.
+FIELDS = {"dataset": ("name", "target"), "weights": ("name", "arch")}
 
 
-def _body(kind: str, formats: str) -> dict[str, Any]:
+def _body(
+    kind: str, formats: str, extra: dict[str, Any], required: tuple[str, ...] = ("file",)
+) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
@@ -33,7 +39,7 @@ def _body(kind: str, formats: str) -> dict[str, Any]:
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "required": ["file"],
+                        "required": list(required),
                         "properties": {
                             "file": {
                                 "type": "string",
@@ -41,6 +47,7 @@ def _body(kind: str, formats: str) -> dict[str, Any]:
                                 "description": f"The {kind}: {formats}.",
                             },
                             "name": {"type": "string", "maxLength": MAX_NAME},
+                            **extra,
                         },
                     }
                 }
@@ -80,13 +87,25 @@ async def _upload(
                 f"this upload ({declared} bytes) is over what is left of this account's "
                 f"upload quota ({remaining} bytes)"
             )
-    async with request.form(max_files=1, max_fields=1, max_part_size=4096) as form:
+    allowed = FIELDS[kind]
+    async with request.form(max_files=1, max_fields=len(allowed), max_part_size=4096) as form:
         file = form.get("file")
         if not isinstance(file, UploadFile):
             raise InvalidParameter.one(("body", "file"), "a file part named 'file' is required")
-        name = form.get("name")
-        if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME):
-            raise InvalidParameter.one(("body", "name"), f"a text of at most {MAX_NAME} characters")
+        fields: dict[str, str | None] = dict.fromkeys(allowed)
+        for key, value in form.multi_items():
+            if key == "file":
+                continue
+            if key not in allowed:
+                raise InvalidParameter.one(
+                    ("body", key[:100]),
+                    f"unknown form field; a {kind} upload takes file, " + ", ".join(allowed),
+                )
+            if not isinstance(value, str) or len(value) > MAX_NAME:
+                raise InvalidParameter.one(
+                    ("body", key), f"a text of at most {MAX_NAME} characters"
+                )
+            fields[key] = value.strip() or None
         row = await run_in_threadpool(
             service.store_upload,
             session,
@@ -94,8 +113,10 @@ async def _upload(
             kind=kind,
             file=file.file,
             filename=file.filename,
-            name=name or None,
+            name=fields["name"],
             settings=settings,
+            target=fields.get("target"),
+            arch=fields.get("arch"),
         )
     return UploadPublic.from_row(row)
 
@@ -109,15 +130,25 @@ async def _upload(
     responses=UPLOAD_RESPONSES,
     openapi_extra=_body(
         "dataset",
-        "an .npz archive with x.npy (inputs) and y.npy (targets), or a .csv of numbers "
-        "with an optional header row",
+        "a .csv with a header row (numeric feature columns and the target column named in "
+        "`target`), an .npz archive with the arrays x (inputs) and y (targets), or a .zip of "
+        "an image folder (one subfolder of images per class)",
+        {
+            "target": {
+                "type": "string",
+                "maxLength": MAX_NAME,
+                "description": "A CSV dataset's target column (CSV only, required there).",
+            }
+        },
     ),
 )
 async def upload_dataset(
     request: Request, session: SessionDep, owner: CurrentOwner, settings: SettingsDep
 ) -> UploadPublic:
-    """Upload a dataset. It is checked before it is stored (archive member names, unpacked
-    size and compression ratio, array types), and stored under a name the server makes."""
+    """Upload a dataset. It is read and checked before it is stored (parseable, shapes,
+    dtypes, classes, no empty class; archive member names, unpacked size and compression
+    ratio), and stored under a name the server makes. Its `info` is what a job spec naming
+    it (`dataset: {source: upload, id: ...}`) is checked against at submit."""
     return await _upload(request, session, owner, settings, "dataset")
 
 
@@ -147,12 +178,27 @@ def delete_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) ->
     "/v1/weights",
     status_code=201,
     responses=UPLOAD_RESPONSES,
-    openapi_extra=_body("weights", "a .safetensors file"),
+    openapi_extra=_body(
+        "weights",
+        "a torchvision backbone's state dict: a .safetensors file, or a PyTorch .pt/.pth file "
+        "that loads with torch.load(weights_only=True)",
+        {
+            "arch": {
+                "type": "string",
+                "enum": list(ARCHITECTURES),
+                "description": "The torchvision architecture the weights are for.",
+            }
+        },
+        required=("file", "arch"),
+    ),
 )
 async def upload_weights(
     request: Request, session: SessionDep, owner: CurrentOwner, settings: SettingsDep
 ) -> UploadPublic:
-    """Upload weights (safetensors; its header is checked, never executed)."""
+    """Upload backbone weights for a torchvision architecture. They are checked against
+    it (missing or unexpected keys, shapes: 422 listing the first mismatches); nothing in
+    the file is ever executed. A job uses them with `backbone: {arch: ..., weights:
+    "upload:<id>"}`."""
     return await _upload(request, session, owner, settings, "weights")
 
 

@@ -14,9 +14,12 @@ class UploadPublic(BaseModel):
     kind: Literal["dataset", "weights"]
     name: str | None
     filename: str | None
-    format: Literal["npz", "csv", "safetensors"]
+    format: Literal["csv", "npz", "imagefolder", "safetensors", "pytorch"]
     bytes: int
     sha256: str
+    # What the check found: a dataset's task, samples, features, classes (names and counts),
+    # image shape...; weights' architecture, tensors and parameters. A job spec naming the
+    # upload is checked against it at submit.
     info: dict[str, Any]
     created_at: datetime
 

@@ -1,7 +1,9 @@
 """Uploads: checking, storing, listing and deleting an owner's datasets and weights."""
 
+import os
 import re
 from functools import partial
+from pathlib import Path
 from typing import BinaryIO
 
 from sqlalchemy import select
@@ -9,7 +11,13 @@ from sqlalchemy.orm import Session
 
 from api.db import on_commit
 from api.errors import InvalidParameter, NotFound, TooLarge
-from api.uploads.validate import InvalidUpload, check_dataset, check_weights
+from api.uploads.validate import (
+    Checked,
+    FormFieldError,
+    InvalidUpload,
+    check_dataset,
+    check_weights,
+)
 from descent.settings import Settings
 from store.artifacts import atomic_copy, get_artifacts
 from store.models import Upload, new_id
@@ -32,52 +40,79 @@ def store_upload(
     filename: str | None,
     name: str | None,
     settings: Settings,
+    target: str | None = None,
+    arch: str | None = None,
 ) -> Upload:
-    """Check the file, copy it into the artifact store under a name of the server's making,
-    and add its row (committed with the request)."""
+    """Check the file with the core's inspectors, store it once under a name of the
+    server's making with its sha256, and add its row (committed with the request).
+
+    The file is copied into the upload folder first (the inspectors read a path) under a
+    name of its own, and renamed to its stored name only once it passed; a refused file is
+    deleted before the answer goes out.
+    """
     assert kind in KINDS
     file.seek(0, 2)
     size = file.tell()
     if size == 0:
         raise InvalidParameter.one(("body", "file"), "the file is empty")
-    limits = limits_for(session, owner, settings, lock=True)
+    _check_quota(session, owner, settings, size)  # before the work; again, locked, after it
+    upload_id = new_id()
+    artifacts = get_artifacts()
+    staging = artifacts.path(f"uploads/{kind}/.{upload_id}.checking")
+    sha256 = atomic_copy(file, staging)
+    try:
+        checked = _check(kind, staging, target=target, arch=arch, settings=settings)
+        relative = f"uploads/{kind}/{upload_id}.{checked.suffix}"
+        path = artifacts.path(relative)
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+    try:
+        _check_quota(session, owner, settings, size, lock=True)
+        row = Upload(
+            id=upload_id,
+            owner=owner,
+            kind=kind,
+            name=name,
+            filename=display_name(filename),
+            format=checked.format,
+            path=relative,
+            bytes=size,
+            sha256=sha256,
+            info=checked.info,
+        )
+        session.add(row)
+        session.flush()
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return row
+
+
+def _check(
+    kind: str, path: Path, *, target: str | None, arch: str | None, settings: Settings
+) -> Checked:
+    """The core's verdict on the file: 422 naming the form field and the reason."""
+    try:
+        if kind == "dataset":
+            return check_dataset(path, target=target, max_unpacked=settings.max_unpacked_bytes)
+        return check_weights(path, arch=arch)
+    except FormFieldError as exc:
+        raise InvalidParameter.one(("body", exc.field), str(exc)) from None
+    except InvalidUpload as exc:
+        raise InvalidParameter.one(("body", "file"), str(exc)) from None
+
+
+def _check_quota(
+    session: Session, owner: str, settings: Settings, size: int, *, lock: bool = False
+) -> None:
+    limits = limits_for(session, owner, settings, lock=lock)
     used = uploaded_bytes(session, owner)
     if used + size > limits.upload_bytes:
         raise TooLarge(
             f"this upload ({size} bytes) would bring this account's uploads to "
             f"{used + size} bytes, over its limit of {limits.upload_bytes}; delete some first"
         )
-    try:
-        if kind == "dataset":
-            checked = check_dataset(file, size, max_unpacked=settings.max_unpacked_bytes)
-        else:
-            checked = check_weights(file, size)
-    except InvalidUpload as exc:
-        raise InvalidParameter.one(("body", "file"), str(exc)) from None
-    upload_id = new_id()
-    relative = f"uploads/{kind}/{upload_id}.{checked.format}"
-    artifacts = get_artifacts()
-    path = artifacts.path(relative)
-    sha256 = atomic_copy(file, path)
-    row = Upload(
-        id=upload_id,
-        owner=owner,
-        kind=kind,
-        name=name,
-        filename=display_name(filename),
-        format=checked.format,
-        path=relative,
-        bytes=size,
-        sha256=sha256,
-        info=checked.info,
-    )
-    session.add(row)
-    try:
-        session.flush()
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return row
 
 
 def display_name(filename: str | None) -> str | None:

@@ -2,12 +2,10 @@
 (another owner's id answers 404 on every route that takes one: OWASP API1)."""
 
 import hashlib
-import io
 import re
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
@@ -18,6 +16,7 @@ from store.db import session_scope
 from store.models import ApiToken, JobStatus
 from store.users import revoke_token
 from tests.api.builders import add_checkpoint, add_epochs, bearer, history, make_job, make_user
+from tests.files import npz_bytes, weights_bytes
 
 # Path parameters of the id routes, and which of the owner's things each one names.
 ID_KINDS = {"job_id": "job", "checkpoint_id": "checkpoint", "dataset_id": "dataset"}
@@ -38,30 +37,17 @@ def id_routes(client: TestClient) -> list[tuple[str, str, list[str]]]:
     return out
 
 
-def npz_bytes(rows: int = 20) -> bytes:
-    buffer = io.BytesIO()
-    rng = np.random.default_rng(0)
-    np.savez_compressed(buffer, x=rng.normal(size=(rows, 4)), y=rng.integers(0, 2, size=rows))
-    return buffer.getvalue()
-
-
-def safetensors_bytes() -> bytes:
-    import json
-    import struct
-
-    data = np.arange(6, dtype=np.float32).tobytes()
-    header = json.dumps({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}})
-    raw = header.encode()
-    return struct.pack("<Q", len(raw)) + raw + data
-
-
 def owned_things(client: TestClient) -> dict[str, str]:
     """A job with epochs and a checkpoint, a dataset and weights, all of the user 'local'."""
     job_id = make_job(status=JobStatus.SUCCEEDED)
     add_epochs(job_id, history(3))
     checkpoint_id, _ = add_checkpoint(job_id, 3, best=True)
     dataset = client.post("/v1/datasets", files={"file": ("d.npz", npz_bytes())})
-    weights = client.post("/v1/weights", files={"file": ("w.safetensors", safetensors_bytes())})
+    weights = client.post(
+        "/v1/weights",
+        files={"file": ("w.safetensors", weights_bytes())},
+        data={"arch": "mobilenet_v3_small"},
+    )
     assert dataset.status_code == weights.status_code == 201, (dataset.text, weights.text)
     return {
         "job": job_id,

@@ -18,7 +18,7 @@ from schemathesis import GenerationMode
 from descent.settings import Settings
 from store.models import JobStatus
 from tests.api.builders import add_checkpoint, add_epochs, bearer, history, make_job, make_user
-from tests.api.test_auth import npz_bytes, safetensors_bytes
+from tests.files import npz_bytes, weights_bytes
 
 # Two checks judge how strict validation is, not whether an answer breaks the schema:
 # - positive_data_acceptance wants every schema-valid body accepted, but a job spec has
@@ -48,7 +48,11 @@ def test_no_5xx_and_every_answer_fits_the_schema(sqlite_env: Settings) -> None:
     checkpoint_id, _ = add_checkpoint(job_id, 5, best=True)
     with TestClient(app, headers=headers) as client:
         dataset = client.post("/v1/datasets", files={"file": ("d.npz", npz_bytes())})
-        weights = client.post("/v1/weights", files={"file": ("w", safetensors_bytes())})
+        weights = client.post(
+            "/v1/weights",
+            files={"file": ("w", weights_bytes())},
+            data={"arch": "mobilenet_v3_small"},
+        )
     known = {
         "job_id": job_id,
         "checkpoint_id": checkpoint_id,

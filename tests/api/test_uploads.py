@@ -1,5 +1,7 @@
-"""Uploads and hostile input: size limits (413), form limits, zip bombs, path traversal in
-archives, pickled arrays, forged safetensors headers; stored names made by the server."""
+"""Uploads and hostile input: size limits (413), form limits, zip bombs, path traversal and
+links in archives, pickled arrays and weights that would run code, forged safetensors; the
+core's checks of datasets (CSV target column, classes) and of weights against their
+architecture; stored names made by the server."""
 
 import io
 import json
@@ -18,23 +20,20 @@ from store.db import session_scope
 from store.models import Upload
 from store.users import set_limits
 from tests.api.builders import bearer, make_user
-from tests.api.test_auth import npz_bytes, safetensors_bytes
+from tests.files import (
+    Payload,
+    csv_bytes,
+    imagefolder_zip,
+    npz_bytes,
+    pickle_payload,
+    png_bytes,
+    weights_bytes,
+    zip_of,
+)
 
 
 def upload(client: TestClient, kind: str, content: bytes, filename: str = "f.bin", **data: str):  # type: ignore[no-untyped-def]
     return client.post(f"/v1/{kind}", files={"file": (filename, content)}, data=data)
-
-
-def zip_of(members: dict[str, bytes], mode: int | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, content in members.items():
-            info = zipfile.ZipInfo(name)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            if mode is not None:
-                info.external_attr = mode << 16
-            archive.writestr(info, content)
-    return buffer.getvalue()
 
 
 def npy(array: np.ndarray) -> bytes:
@@ -43,12 +42,18 @@ def npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def refused(response, *words: str) -> None:  # type: ignore[no-untyped-def]
+def refused(response, *words: str, field: str = "file") -> None:  # type: ignore[no-untyped-def]
     assert response.status_code == 422, response.text
     [error] = response.json()["detail"]
-    assert error["loc"] == ["body", "file"]
+    assert error["loc"] == ["body", field]
     for word in words:
         assert word in error["msg"], error["msg"]
+
+
+def uploads_on_disk() -> list[Path]:
+    """Every file under the upload folders (temp files of a refused upload included)."""
+    root = get_artifacts().root / "uploads"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 def test_an_npz_dataset_is_checked_and_stored_under_a_server_made_name(
@@ -60,13 +65,15 @@ def test_an_npz_dataset_is_checked_and_stored_under_a_server_made_name(
     body = response.json()
     assert body["format"] == "npz" and body["name"] == "mine"
     assert body["filename"] == "evil name.npz"  # display only, its folders dropped
-    assert body["info"]["rows"] == 30
-    assert body["info"]["arrays"]["x"] == {"shape": [30, 4], "dtype": "float64"}
+    info = body["info"]
+    assert (info["task"], info["n_samples"], info["n_features"]) == ("classification", 30, 4)
+    assert info["class_counts"] == {"0": 15, "1": 15}
     with session_scope() as session:
         row = session.get_one(Upload, body["id"])
     assert row.path == f"uploads/dataset/{body['id']}.npz"
     stored = get_artifacts().path(row.path)
     assert stored.read_bytes() == content
+    assert uploads_on_disk() == [stored]  # stored once; nothing else left behind
     assert client.get(f"/v1/datasets/{body['id']}").json() == body
     assert [d["id"] for d in client.get("/v1/datasets").json()["items"]] == [body["id"]]
     assert client.delete(f"/v1/datasets/{body['id']}").status_code == 204
@@ -74,31 +81,99 @@ def test_an_npz_dataset_is_checked_and_stored_under_a_server_made_name(
     assert client.get(f"/v1/datasets/{body['id']}").status_code == 404
 
 
-def test_a_csv_dataset_and_a_safetensors_file(client: TestClient) -> None:
-    csv = b"a,b,label\n1,2,0\n3.5,-4,1\n5,6e-3,0\n"
-    response = upload(client, "datasets", csv, filename="d.csv")
+def test_a_csv_dataset_names_its_target_column(client: TestClient) -> None:
+    response = upload(client, "datasets", csv_bytes(rows=20), filename="d.csv", target="label")
     assert response.status_code == 201, response.text
-    assert response.json()["info"] == {"rows": 3, "columns": 3, "header": ["a", "b", "label"]}
-    weights = upload(client, "weights", safetensors_bytes(), filename="w.safetensors")
-    assert weights.status_code == 201, weights.text
-    assert weights.json()["info"] == {"tensors": 1, "parameters": 6, "dtypes": ["F32"]}
+    body = response.json()
+    assert body["format"] == "csv"
+    info = body["info"]
+    assert info["target"] == "label" and info["columns"] == ["a", "b"]
+    assert info["class_names"] == ["no", "yes"] and info["n_features"] == 2
+    # Without the target column's name, or naming a column the file lacks: 422 saying so.
+    refused(upload(client, "datasets", csv_bytes()), "target column", field="target")
+    refused(
+        upload(client, "datasets", csv_bytes(), target="species"),
+        "no column 'species'",
+        "'a', 'b', 'label'",
+    )
+    # Target is for CSV files only; arch for weights only.
+    refused(upload(client, "datasets", npz_bytes(), target="y"), "CSV column", field="target")
+    assert len(client.get("/v1/datasets").json()["items"]) == 1
+
+
+def test_an_image_folder_zip_is_a_classification_dataset(client: TestClient) -> None:
+    response = upload(client, "datasets", imagefolder_zip(per_class=4), filename="pics.zip")
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["format"] == "imagefolder"
+    info = body["info"]
+    assert info["image_shape"] == [3, 32, 32] and info["pixel_max"] == 255.0
+    assert info["class_counts"] == {"blue": 4, "red": 4}
+    with session_scope() as session:
+        assert session.get_one(Upload, body["id"]).path.endswith(".zip")
+    # A class folder with no image in it is refused, naming it.
+    red = png_bytes((200, 0, 0))
+    empty = zip_of({"red/1.png": red, "red/2.png": red, "blue/": b""})
+    refused(upload(client, "datasets", empty), "class 'blue' has no samples")
+
+
+def test_weights_are_checked_against_their_architecture(client: TestClient) -> None:
+    for format in ("safetensors", "pt"):
+        content = weights_bytes(format=format)
+        response = upload(client, "weights", content, arch="mobilenet_v3_small")
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert body["format"] == ("safetensors" if format == "safetensors" else "pytorch")
+        assert body["info"]["arch"] == "mobilenet_v3_small"
+        assert body["info"]["dtypes"] == ["float16", "int64"]
+    # Weights of another architecture: 422 listing the first mismatches.
+    response = upload(client, "weights", weights_bytes(), arch="resnet18")
+    refused(response, "do not fit resnet18", "missing keys", "unexpected keys", "(and ")
+    refused(upload(client, "weights", weights_bytes()), "architecture", field="arch")
+    refused(upload(client, "weights", weights_bytes(), arch="vgg11"), "unknown", field="arch")
+    assert len(client.get("/v1/weights").json()["items"]) == 2
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(
+    client: TestClient, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    content = pickle_payload(marker)
+    refused(
+        upload(client, "weights", content, filename="w.pt", arch="resnet18"),
+        "weights_only=True",
+    )
+    assert not marker.exists()
+    assert uploads_on_disk() == []
+    # The same payload does run code when unpickled: the file was a live one.
+    import pickle
+
+    pickle.loads(pickle_payload(tmp_path / "live"))
+    assert (tmp_path / "live").exists()
 
 
 @pytest.mark.parametrize(
-    "name",
-    ["../x.npy", "/etc/x.npy", "a/../../x.npy", "C:/x.npy", "..\\x.npy", "sub/x.npy", "x.py"],
+    ("name", "words"),
+    [
+        ("../red/x.png", "'..' leads out"),
+        ("red/../../x.png", "'..' leads out"),
+        ("/etc/x.png", "an absolute path"),
+        ("C:/x.png", "an absolute path"),
+        ("..\\x.png", "bad characters"),
+    ],
 )
-def test_archive_member_paths_that_could_escape_are_refused(client: TestClient, name: str) -> None:
-    content = zip_of({name: npy(np.zeros(3)), "y.npy": npy(np.zeros(3))})
-    response = upload(client, "datasets", content)
-    assert response.status_code == 422, response.text
-    message = response.json()["detail"][0]["msg"]
-    assert "path traversal" in message or "an .npz holds only NAME.npy" in message
+def test_archive_member_paths_that_could_escape_are_refused(
+    client: TestClient, name: str, words: str
+) -> None:
+    images = {f"{c}/{i}.png": png_bytes((99, 99, 99)) for c in ("red", "blue") for i in range(2)}
+    refused(upload(client, "datasets", zip_of({**images, name: b"x"})), "refused", words)
+    assert uploads_on_disk() == []
 
 
 def test_links_in_archives_are_refused(client: TestClient) -> None:
-    content = zip_of({"x.npy": b"/etc/passwd", "y.npy": npy(np.zeros(3))}, mode=0o120777)
-    refused(upload(client, "datasets", content), "not a plain file")
+    images = {f"{c}/{i}.png": png_bytes((99, 99, 99)) for c in ("red", "blue") for i in range(2)}
+    content = zip_of(images, links={"red/passwd.png": "/etc/passwd"})
+    refused(upload(client, "datasets", content), "a symbolic link")
 
 
 def test_a_zip_bomb_is_refused_before_it_is_unpacked(client: TestClient) -> None:
@@ -126,7 +201,8 @@ def test_an_archive_that_unpacks_past_the_limit_is_refused(
         configure(DESCENT_DATA_DIR=str(tmp_path / "d"), DESCENT_MAX_UNPACKED_BYTES="1000")
     )
     with TestClient(create_app(settings), headers=bearer(make_user())) as client:
-        refused(upload(client, "datasets", npz_bytes(rows=100)), "unpacks to more than 1000")
+        refused(upload(client, "datasets", npz_bytes(rows=100)), "at most 1,000 bytes")
+        refused(upload(client, "datasets", imagefolder_zip()), "at most 1,000 bytes")
 
 
 def test_lying_sizes_in_an_archive_are_caught_while_reading(client: TestClient) -> None:
@@ -137,25 +213,28 @@ def test_lying_sizes_in_an_archive_are_caught_while_reading(client: TestClient) 
     refused(upload(client, "datasets", bytes(content)), "x.npy")
 
 
-def test_pickled_object_arrays_are_never_loaded(client: TestClient) -> None:
-    evil = np.array([{"__reduce__": "os.system"}, None], dtype=object)
+def test_pickled_object_arrays_are_never_loaded(client: TestClient, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    evil = np.array([Payload(marker), None], dtype=object)
     content = zip_of({"x.npy": npy(evil), "y.npy": npy(np.zeros(2))})
-    refused(upload(client, "datasets", content), "must hold numbers")
+    refused(upload(client, "datasets", content), "cannot be read", "allow_pickle=False")
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(
     ("content", "words"),
     [
-        (b"\x00\x01\x02binary junk", "NUL bytes"),
-        (b"\xff\xfe\xfa junk", "UTF-8"),
-        (b"a,b\n1,2\n3\n", "line 3 has 1 columns, not 2"),
-        (b"a,b\n1,x\n2,3\n", "every cell after the header is a number"),
-        (b"1,2\n", "at least 2 rows"),
-        (b"a,b\n1,nan\n2,3\n", "every cell"),
+        (b"\x00\x01\x02binary junk", "a header row and at least 2 rows"),
+        (b"\xff\xfe\xfa junk", "not UTF-8"),
+        (b"a,b\n1,0\n3\n", "line 3 has 1 columns; the header has 2"),
+        (b"a,b\n1,0\nx,1\n2,0\n3,1\n", "line 3, column 'a': 'x' is not a finite number"),
+        (b"a,b\n1,0\n", "at least 2 rows"),
+        (b"a,b\n1,nan\n2,3\n", "the target 'nan' is not finite"),
+        (b"a,b\n1,x\n2,x\n3,x\n", "at least 2 classes"),
     ],
 )
 def test_bad_csv_datasets_are_refused(client: TestClient, content: bytes, words: str) -> None:
-    refused(upload(client, "datasets", content), words)
+    refused(upload(client, "datasets", content, target="b"), words)
 
 
 def forge(header: dict, data: bytes = b"") -> bytes:  # type: ignore[type-arg]
@@ -166,11 +245,11 @@ def forge(header: dict, data: bytes = b"") -> bytes:  # type: ignore[type-arg]
 @pytest.mark.parametrize(
     ("content", "words"),
     [
-        (b"\x01\x02", "shorter than"),
-        (struct.pack("<Q", 2**60) + b"{}", "bad header length"),
-        (forge({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}), "cover 8 bytes"),
-        (forge({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, bytes(8)), "fit"),
-        (forge({"w": {"dtype": "PICKLE", "shape": [1], "data_offsets": [0, 1]}}, b"x"), "dtype"),
+        (b"\x01\x02", "nor a PyTorch state dict"),
+        (struct.pack("<Q", 2**60) + b"{}", "not a valid safetensors file"),
+        (forge({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}), "safetensors"),
+        (forge({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, bytes(8)), "safe"),
+        (forge({"w": {"dtype": "PICKLE", "shape": [1], "data_offsets": [0, 1]}}, b"x"), "safe"),
         (
             forge(
                 {
@@ -179,13 +258,13 @@ def forge(header: dict, data: bytes = b"") -> bytes:  # type: ignore[type-arg]
                 },
                 bytes(6),
             ),
-            "does not follow",
+            "safetensors",
         ),
-        (forge([1, 2]), "not a JSON object"),  # type: ignore[arg-type]
+        (forge([1, 2]), "safetensors"),  # type: ignore[arg-type]
     ],
 )
 def test_forged_safetensors_are_refused(client: TestClient, content: bytes, words: str) -> None:
-    refused(upload(client, "weights", content), words)
+    refused(upload(client, "weights", content, arch="resnet18"), words)
 
 
 def test_form_limits_refuse_extra_files_and_fields(client: TestClient) -> None:
@@ -200,6 +279,10 @@ def test_form_limits_refuse_extra_files_and_fields(client: TestClient) -> None:
         data={"name": "x", "extra": "y", "more": "z"},
     )
     assert many_fields.status_code == 400
+    unknown = client.post(
+        "/v1/datasets", files={"file": ("a.csv", csv_bytes())}, data={"arch": "resnet18"}
+    )
+    refused(unknown, "unknown form field", field="arch")
     long_field = client.post(
         "/v1/datasets", files={"file": ("a.csv", b"1,2\n3,4\n")}, data={"name": "n" * 10_000}
     )
@@ -221,18 +304,39 @@ def test_upload_size_limit_and_owner_quota_are_413(
     )
     token = make_user()
     with TestClient(create_app(settings), headers=bearer(token)) as client:
-        big = b"a,b\n" + b"1,2\n" * 30_000  # 120 kB
-        response = upload(client, "datasets", big)
+        big = b"a,b\n" + b"1,0\n2,1\n" * 15_000  # 120 kB
+        response = upload(client, "datasets", big, target="b")
         assert response.status_code == 413
         assert "100000 bytes" in response.json()["detail"]
+        # A body that declares no length (chunked) is counted as it streams, and refused as
+        # soon as it passes the limit: nothing of it is stored.
+        boundary = "b0undary"
+
+        def chunks():  # type: ignore[no-untyped-def]
+            yield (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                'filename="big.csv"\r\n\r\na,b\n'
+            ).encode()
+            for _ in range(1000):  # 10 MB, far past the limit
+                yield b"1,0\n" * 2500
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        streamed = client.post(
+            "/v1/datasets",
+            content=chunks(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert streamed.status_code == 413, streamed.text
+        assert uploads_on_disk() == []
         # Other routes keep the small JSON body limit.
         assert client.post("/v1/jobs", content=b"x" * 1_000_001).status_code == 413
 
         with session_scope() as session:
             set_limits(session, "local", {"upload_bytes": 5000})
-        small = b"a,b\n" + b"1,2\n" * 800  # 3.2 kB
-        assert upload(client, "datasets", small).status_code == 201
-        over = upload(client, "datasets", small)
+        small = b"a,b\n" + b"1,0\n2,1\n" * 400  # 3.2 kB
+        assert upload(client, "datasets", small, target="b").status_code == 201
+        over = upload(client, "datasets", small, target="b")
         assert over.status_code == 413
         assert "limit of 5000" in over.json()["detail"] or "quota" in over.json()["detail"]
         assert len(client.get("/v1/datasets").json()["items"]) == 1
+        assert len(uploads_on_disk()) == 1
