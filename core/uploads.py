@@ -532,7 +532,16 @@ def read_weights(path: str | PathLike[str]) -> tuple[dict[str, torch.Tensor], st
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - refused pickles and broken files fail variously
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc)
+        # torch's own message goes on to suggest weights_only=False: not advice for a user here.
+        if "WeightsUnpickler error:" in text:
+            text = text.split("WeightsUnpickler error:", 1)[1]
+            detail = next((line.strip() for line in text.splitlines() if line.strip()), "")
+            text = (
+                "it holds objects other than tensors and plain containers "
+                f"(refused; none of it ran): {detail}"
+            )
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise InvalidUpload(
             "not a safetensors file, nor a PyTorch state dict that loads with "
             f"torch.load(weights_only=True): {first[:300]}"
