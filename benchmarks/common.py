@@ -4,9 +4,10 @@ Redis key spaces (made and cleaned up as tests/conftest.py does), percentiles.""
 import os
 import platform
 import statistics
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from tests.databases import throwaway_postgres, throwaway_redis_prefix
 
 PG_ADMIN_URL = os.environ.get(
     "DESCENT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -46,35 +47,15 @@ def median(values: list[float]) -> float:
 @contextmanager
 def postgres_database(prefix: str = "descent_bench") -> Iterator[str]:
     """A PostgreSQL database of its own, dropped afterwards; yields its URL."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with throwaway_postgres(PG_ADMIN_URL, prefix) as url:
+        yield url
 
 
 @contextmanager
 def redis_key_space(prefix: str = "descent-bench") -> Iterator[tuple[str, str]]:
     """(Redis URL, key prefix) of a key space of its own, deleted afterwards."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    client.ping()
-    key_prefix = f"{prefix}-{uuid.uuid4().hex[:12]}:"
-    try:
+    with throwaway_redis_prefix(REDIS_URL, prefix) as key_prefix:
         yield REDIS_URL, key_prefix
-    finally:
-        for key in client.scan_iter(match=f"{key_prefix}*"):
-            client.delete(key)
-        client.close()
 
 
 CONFIG_KEYS = ("DATABASE_URL", "REDIS_URL", "DESCENT_DATABASE_URL", "DESCENT_BROKER_URL")

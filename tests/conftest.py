@@ -6,7 +6,6 @@ fail instead under CI=true, where they must be there.
 """
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from descent.settings import Settings, get_settings
+from tests.databases import throwaway_postgres, throwaway_redis_prefix
 
 ON_CI = os.environ.get("CI") == "true"
 PG_ADMIN_URL = os.environ.get(
@@ -51,24 +51,17 @@ def postgres_url() -> Iterator[str]:
 def postgres_database() -> Iterator[str]:
     """Make a PostgreSQL database, yield its URL, drop it (skips where there is no server)."""
     from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
 
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(PG_ADMIN_URL)
     try:
         with admin.connect() as conn:
             conn.execute(text("select 1"))
     except Exception as exc:  # noqa: BLE001 - any failure to connect means "not here"
-        admin.dispose()
         unavailable(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}")
-    name = f"descent_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+    with throwaway_postgres(PG_ADMIN_URL, "descent_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -81,13 +74,10 @@ def redis_broker() -> Iterator[tuple[str, str]]:
         client.ping()
     except Exception as exc:  # noqa: BLE001
         unavailable(f"Redis is not reachable at {REDIS_TEST_URL}: {exc.__class__.__name__}")
-    prefix = f"descent-test-{uuid.uuid4().hex[:12]}:"
-    try:
-        yield REDIS_TEST_URL, prefix
     finally:
-        for key in client.scan_iter(match=f"{prefix}*"):
-            client.delete(key)
         client.close()
+    with throwaway_redis_prefix(REDIS_TEST_URL, "descent-test") as prefix:
+        yield REDIS_TEST_URL, prefix
 
 
 @pytest.fixture
