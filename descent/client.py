@@ -7,6 +7,7 @@
         job = client.wait(job["id"], on_epoch=lambda e: print(e["epoch"], e["metrics"]))
         frame = client.metrics_frame(job["id"])              # pandas, when it is installed
         client.download(job["id"], "best.safetensors")       # sha256 checked
+        data = client.upload_dataset("train.csv", target="label")  # then {source: upload, id: ...}
 
 Without arguments the client takes the server from ``DESCENT_URL`` (default
 ``http://127.0.0.1:8000``) and the token from ``DESCENT_TOKEN``, else from the file
@@ -60,6 +61,8 @@ class Job(TypedDict, total=False):
     stop: dict[str, Any] | None
     error: str | None
     diagnosis: dict[str, Any] | None
+    warnings: list[str]
+    parameters: dict[str, int] | None
     cancel_requested: bool
     attempt: int
     queue: str
@@ -80,6 +83,18 @@ class Checkpoint(TypedDict):
     sha256: str
     is_best: bool
     is_last: bool
+    created_at: str
+
+
+class Upload(TypedDict):
+    id: str
+    kind: str
+    name: str | None
+    filename: str | None
+    format: str
+    bytes: int
+    sha256: str
+    info: dict[str, Any]
     created_at: str
 
 
@@ -310,6 +325,47 @@ class DescentClient:
         if epoch is None and actual != chosen["sha256"]:
             chosen = next((c for c in self.checkpoints(job_id) if c["sha256"] == actual), chosen)
         return chosen
+
+    # -- uploads ----------------------------------------------------------------------------
+
+    def _upload(self, route: str, path: str | Path, fields: dict[str, str | None]) -> Upload:
+        source = Path(path)
+        data = {key: value for key, value in fields.items() if value is not None}
+        with source.open("rb") as handle:
+            upload: Upload = self._request(
+                "POST", route, files={"file": (source.name, handle)}, data=data
+            ).json()
+        return upload
+
+    def upload_dataset(
+        self, path: str | Path, target: str | None = None, name: str | None = None
+    ) -> Upload:
+        """Upload a dataset (.csv with ``target`` naming its target column, .npz, or a .zip
+        of an image folder). A job uses it with ``dataset: {source: upload, id: ...}``."""
+        return self._upload("/v1/datasets", path, {"target": target, "name": name})
+
+    def upload_weights(self, path: str | Path, arch: str, name: str | None = None) -> Upload:
+        """Upload backbone weights (.safetensors, .pt/.pth) for the torchvision ``arch``. A
+        job uses them with ``backbone: {arch: ..., weights: "upload:<id>"}``."""
+        return self._upload("/v1/weights", path, {"arch": arch, "name": name})
+
+    def datasets(self, limit: int = 200) -> list[Upload]:
+        """Your datasets, newest first."""
+        page = self._request("GET", "/v1/datasets", params={"limit": limit}).json()
+        items: list[Upload] = page["items"]
+        return items
+
+    def weights(self, limit: int = 200) -> list[Upload]:
+        """Your weights files, newest first."""
+        page = self._request("GET", "/v1/weights", params={"limit": limit}).json()
+        items: list[Upload] = page["items"]
+        return items
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
+    def delete_weights(self, weights_id: str) -> None:
+        self._request("DELETE", f"/v1/weights/{weights_id}")
 
     # -- live progress ----------------------------------------------------------------------
 

@@ -6,6 +6,8 @@
     descent metrics ID [--csv]                 its per-epoch metrics, as a table or CSV
     descent cancel ID                          stop it
     descent download ID [--best | --epoch N] -o FILE   save a checkpoint, sha256 verified
+    descent datasets [upload FILE [--target COL] [--name N] | delete ID]   your datasets
+    descent weights [upload FILE --arch A [--name N] | delete ID]          your backbone weights
 
 The server is ``--url`` or ``DESCENT_URL`` (default http://127.0.0.1:8000); the token is
 ``--token``, or ``DESCENT_TOKEN``, or the ``token`` file of the local data folder that
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:  # httpx is imported only by the commands that talk to the service
-    from descent.client import DescentClient, Epoch, Job
+    from descent.client import DescentClient, Epoch, Job, Upload
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -275,6 +277,80 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _upload_info(upload: Upload) -> str:
+    """What the service found in the file, in a few words."""
+    info = upload.get("info") or {}
+    if upload["kind"] == "weights":
+        parts = [str(info.get("arch") or "-")]
+        if info.get("parameters") is not None:
+            parts.append(f"{info['parameters']:,} parameters")
+        return ", ".join(parts)
+    parts = [str(info.get("task") or "-")]
+    if info.get("n_samples") is not None:
+        parts.append(f"{info['n_samples']} samples")
+    if info.get("image_shape"):
+        parts.append("x".join(str(d) for d in info["image_shape"]))
+    elif info.get("n_features") is not None:
+        parts.append(f"{info['n_features']} features")
+    if info.get("num_classes"):
+        parts.append(f"{info['num_classes']} classes")
+    return ", ".join(parts)
+
+
+def cmd_uploads(args: argparse.Namespace) -> int:
+    """``descent datasets`` and ``descent weights``: list, upload or delete."""
+    from descent.client import DescentError
+
+    kind = args.kind  # "dataset" or "weights"
+    with _client(args) as client:
+        if args.action == "upload":
+            try:
+                if kind == "dataset":
+                    upload = client.upload_dataset(args.file, target=args.target, name=args.name)
+                else:
+                    upload = client.upload_weights(args.file, arch=args.arch, name=args.name)
+            except OSError as exc:
+                raise DescentError(0, f"cannot read {args.file}: {exc}") from exc
+            print(upload["id"], flush=True)
+            print(
+                f"uploaded {kind} {upload.get('name') or upload.get('filename') or ''} "
+                f"{upload['id']}: {upload['format']}, {_size(upload['bytes'])}, "
+                f"{_upload_info(upload)}",
+                file=sys.stderr,
+            )
+            return 0
+        if args.action == "delete":
+            if kind == "dataset":
+                client.delete_dataset(args.upload_id)
+            else:
+                client.delete_weights(args.upload_id)
+            print(f"{args.upload_id}: deleted")
+            return 0
+        uploads = client.datasets() if kind == "dataset" else client.weights()
+    rows = [
+        [
+            u["id"],
+            u.get("name") or "-",
+            u.get("filename") or "-",
+            u["format"],
+            _size(u["bytes"]),
+            _upload_info(u),
+            (u.get("created_at") or "")[:19].replace("T", " "),
+        ]
+        for u in uploads
+    ]
+    _table(rows, ["ID", "NAME", "FILE", "FORMAT", "SIZE", "INFO", "CREATED"], sys.stdout)
+    return 0
+
+
 def _guard(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """API errors as one line on stderr and exit status 1, never a traceback."""
 
@@ -352,3 +428,41 @@ def add_client_commands(sub: Any) -> None:
     which.add_argument("--epoch", type=int, help="the checkpoint of this epoch")
     p.add_argument("-o", "--output", required=True, help="the file to write")
     p.set_defaults(func=_guard(cmd_download))
+
+    # The same options after a subcommand (`descent datasets upload F --url U`); SUPPRESS
+    # keeps a value given before it (`descent datasets --url U upload F`).
+    again = argparse.ArgumentParser(add_help=False)
+    again.add_argument("--url", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    again.add_argument("--token", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser(
+        "datasets", parents=[common], help="your uploaded datasets: list, upload, delete",
+        description="Without a subcommand, list your datasets. A job uses one with "
+        "`dataset: {source: upload, id: ID}`.",
+    )  # fmt: skip
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    p.set_defaults(func=_guard(cmd_uploads), kind="dataset", action="list")
+    q = actions.add_parser(
+        "upload", parents=[again], help="upload a dataset (.csv, .npz, or .zip of an image folder)"
+    )
+    q.add_argument("file", metavar="FILE")
+    q.add_argument("--target", help="a CSV dataset's target column (required for a CSV)")
+    q.add_argument("--name", help="a name for it")
+    q = actions.add_parser("delete", parents=[again], help="delete a dataset")
+    q.add_argument("upload_id", metavar="ID")
+
+    p = sub.add_parser(
+        "weights", parents=[common], help="your uploaded backbone weights: list, upload, delete",
+        description="Without a subcommand, list your weights files. A job uses one with "
+        '`backbone: {arch: A, weights: "upload:ID"}`.',
+    )  # fmt: skip
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    p.set_defaults(func=_guard(cmd_uploads), kind="weights", action="list")
+    q = actions.add_parser(
+        "upload", parents=[again], help="upload weights (.safetensors, .pt or .pth)"
+    )
+    q.add_argument("file", metavar="FILE")
+    q.add_argument("--arch", required=True, help="the torchvision architecture they are for")
+    q.add_argument("--name", help="a name for them")
+    q = actions.add_parser("delete", parents=[again], help="delete a weights file")
+    q.add_argument("upload_id", metavar="ID")

@@ -109,6 +109,41 @@ def test_cli_submits_follows_and_downloads_a_verified_checkpoint(
     assert not missing.exists()
 
 
+def test_cli_uploads_lists_and_deletes_a_dataset(embedded_service: Service, tmp_path: Path) -> None:
+    service = embedded_service
+    data = tmp_path / "tiny.csv"
+    rows = [f"{i / 10},{(i * 7 % 10) / 10},{i % 2}" for i in range(40)]
+    data.write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    run = cli(
+        service, "datasets", "upload", str(data), "--target", "label", "--name", "cli-tiny",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    dataset_id = run.stdout.strip()
+    assert "uploaded dataset cli-tiny" in run.stderr and "40 samples" in run.stderr
+
+    run = cli(service, "datasets", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("ID ")
+    line = next(row for row in run.stdout.splitlines() if row.startswith(dataset_id))
+    assert "cli-tiny" in line and "tiny.csv" in line and "csv" in line
+
+    run = cli(service, "datasets", "delete", dataset_id, cwd=tmp_path)
+    assert run.returncode == 0 and f"{dataset_id}: deleted" in run.stdout
+    assert dataset_id not in cli(service, "datasets", cwd=tmp_path).stdout
+    # Errors: one line on stderr, exit status 1.
+    run = cli(service, "datasets", "delete", dataset_id, cwd=tmp_path)
+    assert run.returncode == 1 and "error 404" in run.stderr and "Traceback" not in run.stderr
+    run = cli(service, "datasets", "upload", str(data), cwd=tmp_path)  # no --target
+    assert run.returncode == 1 and "error 422" in run.stderr and "target" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    run = cli(service, "weights", "upload", str(tmp_path / "none.pt"), "--arch", "resnet18",
+              cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 1 and "cannot read" in run.stderr
+    run = cli(service, "weights", cwd=tmp_path)
+    assert run.returncode == 0 and run.stdout.startswith("ID ")
+
+
 def read_events(
     service: Service, job_id: str, last_event_id: str | None = None, stop_after: int | None = None
 ) -> tuple[list[dict[str, Any]], bool]:
@@ -199,6 +234,7 @@ def test_dashboard_draws_a_running_job_live_in_chromium(embedded_service: Servic
             " lr: Number(document.getElementById('chart-lr').dataset.epochs),"
             " best: document.querySelectorAll('#chart-loss .mark-best').length,"
             " checkpoints: document.querySelectorAll('#checkpoints tbody tr').length,"
+            " params: (document.getElementById('parameters') || {}).textContent || '',"
             " title: document.title }))()"
         )
         browser.navigate(f"{service.url}/")  # the same tab, which holds the token
@@ -220,6 +256,9 @@ def test_dashboard_draws_a_running_job_live_in_chromium(embedded_service: Servic
     assert page["best"] == 1
     assert page["checkpoints"] >= 1
     assert "dashboard-live" in page["title"]
+    counts = final["parameters"]
+    assert counts, final
+    assert page["params"] == f"{counts['trainable']:,} trainable, {counts['frozen']:,} frozen"
     assert "dashboard-live" in listed
     assert (ARTIFACTS / "dashboard-job.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

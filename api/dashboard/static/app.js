@@ -545,7 +545,25 @@ function renderDiagnosis(el, job) {
   } else {
     content.push(describe(diagnosis));
   }
+  content.push(...modelFacts(job));
   el.replaceChildren(...content);
+}
+
+// The model's parameter counts and the job's warnings, shown under the diagnosis.
+function modelFacts(job) {
+  const out = [];
+  const p = job.parameters;
+  if (p && typeof p === "object") {
+    const count = (n) => (typeof n === "number" ? n.toLocaleString("en-US") : fmt(n));
+    out.push(h("h3", {}, "Parameters"), h("p", { class: "params", id: "parameters" },
+      `${count(p.trainable)} trainable, ${count(p.frozen)} frozen`));
+  }
+  const warnings = Array.isArray(job.warnings) ? job.warnings : [];
+  if (warnings.length) {
+    out.push(h("h3", {}, "Warnings"),
+      h("ul", { class: "warnings", id: "warnings" }, warnings.map((w) => h("li", {}, w))));
+  }
+  return out;
 }
 
 function describe(value) {
