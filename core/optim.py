@@ -54,6 +54,14 @@ class _FlatOptimizer(Optimizer):
         super().__init__(params, defaults)
         self._flat: dict[tuple[int, str], tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
+    @staticmethod
+    def _evaluate(closure: Callable[[], Any] | None) -> Any:
+        """The closure's loss, with gradients on (step itself runs under no_grad)."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._flat.clear()  # the loaded per-parameter tensors are gathered again on the next step
@@ -154,10 +162,7 @@ class SGD(_FlatOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         for index, group in enumerate(self.param_groups):
             params, lr, gamma = group["params"], group["lr"], group["momentum"]
             grad, grad_views = self._flat_grad(index)
@@ -203,10 +208,7 @@ class RMSprop(_FlatOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         for index, group in enumerate(self.param_groups):
             params, alpha = group["params"], group["alpha"]
             grad, grad_views = self._flat_grad(index)
@@ -262,10 +264,7 @@ class Adam(_FlatOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         for index, group in enumerate(self.param_groups):
             params, lr, (beta1, beta2) = group["params"], group["lr"], group["betas"]
             grad, _ = self._flat_grad(index)
