@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api.auth import AUTH_RESPONSES, TokenCache
 from api.checkpoints.routes import router as checkpoints_router
@@ -34,7 +35,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.task_queue.close()
         app.state.telemetry.close()
 
-    app = FastAPI(
+    # /docs and /redoc with their JavaScript and CSS served from the package, not a CDN.
+    app = FastAPIOffline(
         title="Descent",
         summary="Hosted PyTorch training jobs: submit a spec, poll its metrics, "
         "download the best checkpoint.",
