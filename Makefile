@@ -1,5 +1,8 @@
 # The commands the README names. Each target installs first (a no-op when nothing changed).
 PYTHON ?= python3
+# Where `make serve` listens: `make serve PORT=8001 HOST=0.0.0.0`.
+HOST ?= 127.0.0.1
+PORT ?= 8000
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -14,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 serve: install
-	$(BIN)/descent serve
+	$(BIN)/descent serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest
