@@ -12,7 +12,8 @@ first finding in this order:
                        while the training loss fell, and the gap grew and is positive
   underfitting         the validation loss still fell at the last epoch (by ≥ 2% of all its
                        fall since the start, which counts the loss before training when
-                       known), or training accuracy is not above the majority-class baseline
+                       known), or the training or validation accuracy is not above the
+                       majority-class baseline (the training split's most frequent class)
   val_below_train      validation loss more than 5% below training loss in each of the last
                        epochs (up to 3); its evidence counts the samples the splits share.
                        Ranked below underfitting: the training loss is the mean over an epoch
@@ -350,18 +351,21 @@ def _underfitting(
                 f"validation loss still falling at epoch {n} ({previous:.4g} → {last:.4g}, "
                 f"{fall / total:.0%} of its fall since epoch {first_epoch})"
             )
-    accuracy = _number(history[-1].get("train_accuracy"))
-    # Segmentation's baseline: every pixel the most frequent class (the background).
+    # A model no better than always predicting the training split's most frequent class
+    # (segmentation: every pixel the most frequent class, the background) has not learned.
     classes = task in ("classification", "segmentation")
-    if classes and majority_baseline is not None and accuracy is not None:
-        if accuracy <= majority_baseline:
-            evidence["below_baseline"] = {
-                "epoch": n,
-                "train_accuracy": accuracy,
-                "majority_baseline": majority_baseline,
-            }
+    if classes and majority_baseline is not None:
+        for split in ("train", "val"):
+            accuracy = _number(history[-1].get(f"{split}_accuracy"))
+            if accuracy is None or accuracy > majority_baseline:
+                continue
+            evidence.setdefault(
+                "below_baseline", {"epoch": n, "majority_baseline": majority_baseline}
+            )
+            evidence["below_baseline"][f"{split}_accuracy"] = accuracy
+            name = "training" if split == "train" else "validation"
             reasons.append(
-                f"training accuracy {accuracy:.3f} is not above the majority-class baseline "
+                f"{name} accuracy {accuracy:.3f} is not above the majority-class baseline "
                 f"{majority_baseline:.3f}"
             )
     if not reasons:

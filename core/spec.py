@@ -64,12 +64,23 @@ CNN_MAX_BLOCKS = 5
 # Below this batch size batch statistics are noisy (notes 4.8.4): the job gets a warning.
 BATCH_NORM_MIN_BATCH = 16
 
+# Every number of a spec is bounded by what the code that reads it accepts, so that a spec
+# that validates also runs: a bad value is refused at submit, never halfway through training.
 Width = Annotated[int, Field(ge=1, le=16_384)]  # a layer's units or channels
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+# random.seed, numpy and scikit-learn (random_state) and torch.manual_seed all take these.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+MAX_EPOCHS = 10_000
+Epochs = Annotated[int, Field(ge=0, le=MAX_EPOCHS)]  # a count of epochs (patience, periods)
+LearningRate = Annotated[float, Field(gt=0.0, le=100.0)]
+# Generated datasets (moons, regression, shapes): at most this many input values (rows ×
+# features), about 400 MB as float32; scikit-learn generates them in float64 first.
+GENERATED_MAX_VALUES = 50_000_000
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # JSON has no NaN or infinity, and no float field means them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- datasets
@@ -174,15 +185,15 @@ class DatasetSpec(_Strict):
     format: UploadFormat | None = None
     target: str | None = Field(None, min_length=1, max_length=200)  # a CSV's target column
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    seed: int = 0
+    seed: Seed = 0
     # Only for the generated datasets (moons, regression, shapes); filled with their defaults.
     n_samples: int | None = Field(None, ge=20, le=200_000)
-    noise: float | None = Field(None, ge=0.0)
+    noise: float | None = Field(None, ge=0.0, le=1_000.0)
     n_features: int | None = Field(None, ge=1, le=1_000)
     image_size: int | None = Field(None, ge=8, le=256)
     # Train on this many rows of the training split only (a stratified subset drawn with the
     # seed: a small labelled set); the validation split stays whole.
-    train_size: int | None = Field(None, ge=2)
+    train_size: int | None = Field(None, ge=2, le=100_000_000)
 
     # An upload's metadata, from the validation context: not part of the spec.
     _upload_info: DatasetInfo | None = PrivateAttr(None)
@@ -219,6 +230,21 @@ class DatasetSpec(_Strict):
                 )
             elif applies and getattr(self, field) is None:
                 setattr(self, field, defaults[field])  # type: ignore[index]
+        if defaults is not None and not errors:
+            info = self.known_info()
+            assert info is not None
+            if info.n_samples * info.n_features > GENERATED_MAX_VALUES:
+                errors.append(
+                    _error(
+                        ("n_samples",),
+                        f"{info.n_samples:,} samples of {info.n_features:,} values each are "
+                        f"more than the {GENERATED_MAX_VALUES:,} values a generated dataset "
+                        "may hold: use fewer samples"
+                        + (" or features" if self.name == "regression" else "")
+                        + (" or a smaller image_size" if self.name == "shapes" else ""),
+                        self.n_samples,
+                    )
+                )
         _raise(errors)
         uploads = (context.context or {}).get("uploads") if context else None
         if self.source == "upload" and uploads is not None:
@@ -313,13 +339,15 @@ class ModelSpec(_Strict):
     dropout: Fraction = 0.0
     norm: Literal["none", "batch", "layer"] = "none"
     init: Init = "default"
-    init_value: float = 0.01  # for init: constant
-    init_std: float = Field(0.01, gt=0.0)  # for init: normal, w ~ N(0, init_std²)
+    init_value: float = Field(0.01, ge=-10.0, le=10.0)  # for init: constant
+    init_std: float = Field(0.01, gt=0.0, le=10.0)  # for init: normal, w ~ N(0, init_std²)
 
     @field_validator("init", mode="before")
     @classmethod
     def _init_alias(cls, value: Any) -> Any:
         # The design sketch writes `init: kaiming`; accept the family name for the normal variant.
+        if not isinstance(value, str):
+            return value  # the Literal then refuses it, naming the field
         return {
             "xavier": "xavier_normal",
             "glorot": "xavier_normal",
@@ -375,7 +403,7 @@ class _Adaptation(_Strict):
     # The backbone trains with lr × lr_scale (its own optimizer parameter group).
     lr_scale: float | None = Field(None, gt=0.0, le=1.0)
     # Gradual unfreezing: a frozen backbone joins training at the start of this epoch.
-    unfreeze_at_epoch: int | None = Field(None, ge=2)
+    unfreeze_at_epoch: int | None = Field(None, ge=2, le=MAX_EPOCHS)
 
     @model_validator(mode="after")
     def _consistent(self) -> _Adaptation:
@@ -563,15 +591,15 @@ class OptimizerSpec(_Strict):
     """
 
     name: OptimizerName = "adam"
-    lr: float | None = Field(None, gt=0.0)
+    lr: LearningRate | None = None
     momentum: Fraction | None = None  # SGD's γ in m ← γm + η∇L
     nesterov: bool | None = None
     alpha: Fraction | None = None  # RMSprop's γ in v ← γv + (1−γ)∇L²
     betas: tuple[Fraction, Fraction] | None = None
-    eps: float | None = Field(None, gt=0.0)
+    eps: float | None = Field(None, gt=0.0, le=1.0)
     bias_correction: bool | None = None
     maximize: bool | None = None
-    damping: float | None = Field(None, ge=0.0)  # Newton: H + λI
+    damping: float | None = Field(None, ge=0.0, le=1e6)  # Newton: H + λI
     history_size: int | None = Field(None, ge=1, le=1_000)
     line_search: Literal["strong_wolfe", "none"] | None = None
     max_iter: int | None = Field(None, ge=1, le=1_000)  # L-BFGS iterations per epoch
@@ -616,11 +644,11 @@ class RegularizationSpec(_Strict):
     by √v like any other. Gradient clipping is here as a guard against exploding gradients.
     """
 
-    l1: float = Field(0.0, ge=0.0)
-    l2: float = Field(0.0, ge=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    grad_clip_norm: float | None = Field(None, gt=0.0)
-    grad_clip_value: float | None = Field(None, gt=0.0)
+    l1: float = Field(0.0, ge=0.0, le=100.0)
+    l2: float = Field(0.0, ge=0.0, le=100.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=100.0)
+    grad_clip_norm: float | None = Field(None, gt=0.0, le=1e6)
+    grad_clip_value: float | None = Field(None, gt=0.0, le=1e6)
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -655,7 +683,7 @@ class Crop(_Strict):
     size at a random offset (a whole-pixel shift of up to `padding` in each direction)."""
 
     op: Literal["crop"]
-    padding: int = Field(ge=1)
+    padding: int = Field(ge=1, le=1_024)
     p: Probability = 1.0
 
 
@@ -707,7 +735,7 @@ class Cutout(_Strict):
     image, i.e. to 0 in standardized units, as random erasing does."""
 
     op: Literal["cutout"]
-    size: int = Field(ge=1)
+    size: int = Field(ge=1, le=4_096)
     p: Probability = 1.0
 
 
@@ -753,14 +781,14 @@ class InverseTimeSchedule(_Strict):
     """η_t = η₀ / (1 + k·t), t = epochs completed (0 for the first epoch)."""
 
     name: Literal["inverse_time"]
-    decay: float = Field(0.01, gt=0.0)
+    decay: float = Field(0.01, gt=0.0, le=1_000.0)
 
 
 class StepSchedule(_Strict):
     """η_t = η₀ · γ^⌊t / step_size⌋."""
 
     name: Literal["step"]
-    step_size: int = Field(10, ge=1)
+    step_size: int = Field(10, ge=1, le=MAX_EPOCHS)
     gamma: float = Field(0.1, gt=0.0, le=1.0)
 
 
@@ -775,15 +803,15 @@ class CosineSchedule(_Strict):
     """η_t = min_lr + (η₀ − min_lr)(1 + cos(π t / t_max)) / 2, flat at min_lr after t_max."""
 
     name: Literal["cosine"]
-    t_max: int | None = Field(None, ge=1)  # default: training.epochs
-    min_lr: float = Field(0.0, ge=0.0)
+    t_max: int | None = Field(None, ge=1, le=MAX_EPOCHS)  # default: training.epochs
+    min_lr: float = Field(0.0, ge=0.0, le=100.0)
 
 
 class WarmupSchedule(_Strict):
     """Linear ramp from start_factor·η₀ to η₀ over warmup_epochs, then η₀."""
 
     name: Literal["warmup"]
-    warmup_epochs: int = Field(5, ge=1)
+    warmup_epochs: int = Field(5, ge=1, le=MAX_EPOCHS)
     start_factor: float = Field(0.1, gt=0.0, le=1.0)
 
 
@@ -794,9 +822,9 @@ class ReduceOnPlateauSchedule(_Strict):
     monitor: Monitor = "val_loss"
     mode: Mode | None = None  # default: min for losses, max for accuracies
     factor: float = Field(0.1, gt=0.0, lt=1.0)
-    patience: int = Field(5, ge=0)
-    threshold: float = Field(0.0, ge=0.0)
-    min_lr: float = Field(0.0, ge=0.0)
+    patience: Epochs = 5
+    threshold: float = Field(0.0, ge=0.0, le=1e6)
+    min_lr: float = Field(0.0, ge=0.0, le=100.0)
 
     @model_validator(mode="after")
     def _mode(self) -> ReduceOnPlateauSchedule:
@@ -820,12 +848,12 @@ ScheduleSpec = Annotated[
 
 
 class TrainingSpec(_Strict):
-    epochs: int = Field(20, ge=1, le=10_000)
+    epochs: int = Field(20, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(32, ge=1, le=1_000_000)
     # True: gradient descent, one optimizer step per epoch on the whole training set (the
     # gradient is accumulated over batch_size chunks, which then only bound memory).
     full_batch: bool = False
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # A limit on the job's training time (over all its attempts): the service stops it after
     # the epoch in which it passed this (stop reason max_runtime; the best checkpoint is
@@ -836,11 +864,11 @@ class TrainingSpec(_Strict):
 class EarlyStoppingSpec(_Strict):
     monitor: Monitor = "val_loss"
     mode: Mode | None = None  # default: min for losses, max for accuracies
-    patience: int = Field(5, ge=0)
-    min_delta: float = Field(0.0, ge=0.0)
+    patience: Epochs = 5
+    min_delta: float = Field(0.0, ge=0.0, le=1e6)
     stopping_threshold: float | None = None  # stop once the value is at least this good
     divergence_threshold: float | None = None  # stop once the value is this bad or worse
-    min_epochs: int = Field(0, ge=0)  # patience and thresholds do not stop before this epoch
+    min_epochs: Epochs = 0  # patience and thresholds do not stop before this epoch
     check_finite: bool = True  # stop when the monitored value is NaN or infinite
 
     @model_validator(mode="after")

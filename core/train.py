@@ -518,21 +518,26 @@ class Trainer:
 
     def _full_batch_epoch(self, epoch: int) -> dict[str, float]:
         """Gradient descent (and L-BFGS): one step per epoch on the gradient of the whole
-        training set, accumulated over batch_size chunks. Metrics are those of the parameters
-        at the start of the epoch (the first evaluation of the closure)."""
+        training set, accumulated over chunks of batch_size rows, each weighted by its share
+        of the rows so that they sum to the mean over every row.
+
+        The loss and accuracy reported are those of the parameters after the step, measured
+        in evaluation mode as the validation split is, so train_loss and val_loss (and their
+        gap) describe the same model; grad_norm is the gradient's at the start of the epoch."""
         x, y = self.data.x_train, self.data.y_train
-        starts = self._batch_starts(len(x))
-        bs, n, task = self.spec.training.batch_size, len(x), self.task
+        chunks = self._full_batch_chunks(len(x))
+        n, task = len(x), self.task
         first: dict[str, torch.Tensor] = {}
 
         def closure() -> torch.Tensor:
+            if rng is not None:
+                _set_step_rng(rng, self.device)
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum = x.new_zeros(())
-            correct = x.new_zeros((), dtype=torch.int64)
-            for chunk, start in enumerate(starts):
+            for chunk, (start, end) in enumerate(chunks):
                 if self._should_stop():
                     raise _Cancelled(epoch, 1)
-                xb, yb = x[start : start + bs], y[start : start + bs]
+                xb, yb = x[start:end], y[start:end]
                 if self._augment is not None:
                     # Seeded by (epoch, chunk): every evaluation of the closure sees the same data.
                     if task == "segmentation":
@@ -545,42 +550,56 @@ class Trainer:
                 loss = task_loss(out, target, task) * (len(xb) / n)
                 loss.backward()
                 loss_sum += loss.detach()
-                if task in ("classification", "segmentation"):
-                    correct += (out.argmax(1) == yb).sum()
             objective = loss_sum
             penalty = self._penalty(self._penalized)
             if penalty is not None:
                 penalty.backward()
                 objective = loss_sum + penalty.detach()
             if not first:
-                first.update(loss=loss_sum, correct=correct, norms=torch.stack(self._grad_norms()))
-                first["penalty"] = penalty.detach() if penalty is not None else x.new_zeros(())
+                first["norms"] = torch.stack(self._grad_norms())
             return objective
 
+        rng: tuple[torch.Tensor, torch.Tensor | None] | None = None
         if isinstance(self.optimizer, torch.optim.LBFGS):
+            # L-BFGS evaluates the closure many times within a step (its line search compares
+            # the values): each evaluation draws the same dropout masks, so that it minimizes
+            # one function, not a new random one at every evaluation.
+            rng = _get_step_rng(self.device)
             self.optimizer.step(closure)
         else:
             closure()
             self._clip_gradients()
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        losses = first["loss"].reshape(1)
-        self._check_finite(losses, epoch)
-        used = sum(min(bs, n - s) for s in starts) * (y[0].numel() if task == "segmentation" else 1)
-        stats = torch.stack([first["loss"], first["penalty"], first["correct"] / used])
-        norms = first["norms"].view(1, -1)
-        return self._train_metrics(*torch.cat([stats, self._norm_stats(norms)]).tolist())
+        return self._after_step(epoch, first["norms"])
+
+    def _after_step(self, epoch: int, norms: torch.Tensor) -> dict[str, float]:
+        """A full-batch epoch's metrics: the training split's loss and accuracy measured
+        after the step (as the validation split's are), the penalty of the new weights."""
+        after = measure(
+            self.model, self.data.x_train, self.data.y_train, self.task, self._eval_chunk
+        )
+        self._check_finite(torch.tensor([after["loss"]]), epoch)
+        with torch.no_grad():
+            penalty = self._penalty(self._penalized)
+        return self._train_metrics(
+            after["loss"],
+            float(penalty) if penalty is not None else 0.0,
+            after.get("accuracy", 0.0),
+            *self._norm_stats(norms.view(1, -1)).tolist(),
+        )
 
     def _newton_epoch(self, epoch: int) -> dict[str, float]:
         """Newton's method: one step with the exact Hessian of the full training loss.
 
         The loss is written as a pure function of the flat parameter vector (torch.func
         differentiates it twice), one term per chunk of the training set plus the penalty.
+        Metrics are those after the step, as for _full_batch_epoch.
         """
         assert isinstance(self.optimizer, Newton)
         x, y = self.data.x_train, self.data.y_train
-        starts = self._batch_starts(len(x))
-        bs, n = self.spec.training.batch_size, len(x)
+        chunks = self._full_batch_chunks(len(x))
+        n = len(x)
         names = [name for name, p in self.model.named_parameters() if p.requires_grad]
         shapes = [p.shape for p in self._params]
         numels = [p.numel() for p in self._params]
@@ -591,28 +610,22 @@ class Trainer:
             if self._should_stop():
                 raise _Cancelled(epoch, 1)
             tensors = [t.view(s) for t, s in zip(torch.split(flat, numels), shapes, strict=True)]
-            if i == len(starts):
+            if i == len(chunks):
                 penalty = self._penalty([tensors[j] for j in penalized])
                 assert penalty is not None
                 return penalty
-            xb, yb = x[starts[i] : starts[i] + bs], y[starts[i] : starts[i] + bs]
+            start, end = chunks[i]
+            xb, yb = x[start:end], y[start:end]
             out = torch.func.functional_call(
                 self.model, dict(zip(names, tensors, strict=True)), (xb,)
             )
             return task_loss(out, yb, self.task) * (len(xb) / n)
 
-        # Deterministic model: eval mode = train mode.
-        before = measure(self.model, x, y, self.task, self._eval_chunk)
-        objective = self.optimizer.step(term, n_terms=len(starts) + (penalty is not None))
+        objective = self.optimizer.step(term, n_terms=len(chunks) + (penalty is not None))
         self._check_finite(objective.reshape(1), epoch)
-        metrics = self._train_metrics(
-            before["loss"],
-            float(penalty.detach()) if penalty is not None else 0.0,
-            before.get("accuracy", 0.0),
-            *self._norm_stats(torch.stack(self._grad_norms()).view(1, -1)).tolist(),
-        )
+        norms = torch.stack(self._grad_norms())
         self.optimizer.zero_grad(set_to_none=True)
-        return metrics
+        return self._after_step(epoch, norms)
 
     # ------------------------------------------------------------------ pieces of the loop
 
@@ -621,6 +634,15 @@ class Trainer:
         if self._has_batch_norm and len(starts) > 1 and n - starts[-1] == 1:
             starts.pop()  # a last batch of one row has no batch statistics: skip it
         return starts
+
+    def _full_batch_chunks(self, n: int) -> list[tuple[int, int]]:
+        """(start, end) of the chunks a full-batch epoch sums over: every row once. With batch
+        norm a last chunk of one row (which has no batch statistics) joins the one before."""
+        bs = self.spec.training.batch_size
+        chunks = [(start, min(start + bs, n)) for start in range(0, n, bs)]
+        if self._has_batch_norm and len(chunks) > 1 and chunks[-1][1] - chunks[-1][0] == 1:
+            chunks[-2:] = [(chunks[-2][0], n)]
+        return chunks
 
     def _penalty(self, weights: Sequence[torch.Tensor]) -> torch.Tensor | None:
         """l1·Σ|w| + (l2/2)·Σw² over weight matrices and kernels, or None when both are 0."""
@@ -817,6 +839,17 @@ def fit(
     """Train a spec from scratch: Trainer(spec, ...).setup().train()."""
     trainer = Trainer(spec, device=device, hooks=hooks, dtype=dtype, resources=resources)
     return trainer.setup().train()
+
+
+def _get_step_rng(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_step_rng(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 # RNG states as tensors and plain values, so torch.load(weights_only=True) can read them back.
