@@ -236,17 +236,48 @@ class DescentClient:
         job: Job = self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
         return job
 
+    def metrics_page(self, job_id: str, after: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """One page of ``/metrics``: ``{"items": [...], "next": cursor, "complete": bool}``.
+        ``next`` is where the following page starts (pass it as ``after``); ``complete``
+        says the job has ended and this page holds its last epoch."""
+        page: dict[str, Any] = self._request(
+            "GET", f"/v1/jobs/{job_id}/metrics", params={"after": after, "limit": limit}
+        ).json()
+        return page
+
     def metrics(self, job_id: str, after: int = 0) -> list[Epoch]:
-        """Every epoch record after ``after``, in order, following the cursor."""
+        """Every epoch record after ``after`` stored so far, in order, following ``next``."""
         out: list[Epoch] = []
         while True:
-            page = self._request(
-                "GET", f"/v1/jobs/{job_id}/metrics", params={"after": after, "limit": 1000}
-            ).json()
+            page = self.metrics_page(job_id, after)
             out += page["items"]
-            if page["next"] is None:
+            # An empty page, or (servers before `complete`) a null `next`, is the end so far.
+            if page.get("complete") or not page["items"] or page.get("next") is None:
                 return out
             after = page["next"]
+
+    def poll_metrics(
+        self, job_id: str, after: int = 0, interval: float = 1.0
+    ) -> Iterator[Epoch]:
+        """Every epoch record after ``after`` as it is stored, until the job has ended:
+        polls ``/metrics`` with ``after`` set to each page's ``next`` (no epoch repeated or
+        lost) and stops on ``complete``."""
+        ended = False
+        while True:
+            page = self.metrics_page(job_id, after)
+            yield from page["items"]
+            if page["items"]:
+                after = page["items"][-1]["epoch"] if page.get("next") is None else page["next"]
+            if page.get("complete"):
+                return
+            if not page["items"]:
+                # A server that does not say `complete`: the job's status does. An empty
+                # page read after the job had ended means there is nothing more.
+                if ended:
+                    return
+                ended = self.job(job_id)["status"] in TERMINAL
+                if not ended:
+                    time.sleep(interval)
 
     def metrics_frame(self, job_id: str) -> pandas.DataFrame:
         """The metrics as a pandas DataFrame indexed by epoch (needs pandas installed)."""

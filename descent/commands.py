@@ -1,6 +1,7 @@
 """The user's commands of ``descent``: talk to a running service over HTTP.
 
     descent submit job.yaml [--follow]         submit a spec (YAML or JSON); follow it live
+    descent wait ID [--quiet]                  follow a job to its end (exit 0: it succeeded)
     descent jobs [--status S]                  the jobs, as a table
     descent show ID [--json]                   one job
     descent metrics ID [--csv]                 its per-epoch metrics, as a table or CSV
@@ -160,6 +161,74 @@ def verdict(job: Job) -> str:
     return line
 
 
+def _brief(value: Any) -> str:
+    """A value of the diagnosis's evidence, readably: numbers rounded, long lists summed up."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        parts = [f"{key.replace('_', ' ')} {_brief(v)}" for key, v in value.items()]
+        return ", ".join(parts)
+    if isinstance(value, list):
+        numbers = [v for v in value if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(value) > 4 and len(numbers) == len([v for v in value if v is not None]):
+            if not numbers:
+                return f"{len(value)} values, none known"
+            return (
+                f"{len(value)} values, {_brief(numbers[0])} … {_brief(numbers[-1])} "
+                f"(min {_brief(min(numbers))}, max {_brief(max(numbers))})"
+            )
+        return "[" + ", ".join(_brief(v) for v in value) + "]"
+    return str(value)
+
+
+def diagnosis_lines(job: Job) -> list[str]:
+    """The job's fit diagnosis as a few lines: the verdict and why, the evidence, the
+    generalization gap summed up, and the remedies."""
+    diagnosis = job.get("diagnosis")
+    if not diagnosis:
+        return []
+    state = "final" if diagnosis.get("final") else "so far"
+    epochs = diagnosis.get("epoch")
+    head = f"diagnosis: {str(diagnosis.get('verdict', '?')).replace('_', ' ')} ({state}"
+    lines = [head + (f", after {epochs} epochs)" if epochs is not None else ")")]
+    if diagnosis.get("summary"):
+        lines.append(f"  {diagnosis['summary']}")
+    evidence = diagnosis.get("evidence")
+    if isinstance(evidence, dict) and evidence:
+        lines.append("  evidence:")
+        lines += [f"    {key.replace('_', ' ')}: {_brief(v)}" for key, v in evidence.items()]
+    gap = [g for g in diagnosis.get("gap") or [] if isinstance(g, int | float)]
+    if gap:
+        lines.append(
+            f"  gap (val - train loss): {_brief(gap[-1])} at the last epoch "
+            f"(min {_brief(min(gap))}, max {_brief(max(gap))} over {len(gap)} epochs)"
+        )
+    others = [
+        str(f.get("verdict", "")).replace("_", " ")
+        for f in diagnosis.get("findings") or []
+        if f.get("verdict") != diagnosis.get("verdict")
+    ]
+    if others:
+        lines.append(f"  also found: {', '.join(others)}")
+    remedies = diagnosis.get("remedies") or []
+    if remedies:
+        lines.append("  remedies:")
+        lines += [f"    - {remedy}" for remedy in remedies]
+    return lines
+
+
+def report(job: Job, out: TextIO) -> int:
+    """The verdict of an ended job and its diagnosis; the exit status: 0 if it succeeded."""
+    print(verdict(job), file=out, flush=True)
+    for line in diagnosis_lines(job):
+        print(line, file=out)
+    for warning in job.get("warnings") or []:
+        print(f"warning: {warning}", file=out)
+    return 0 if job["status"] == "succeeded" else 1
+
+
 def follow(client: DescentClient, job: Job, out: TextIO) -> Job:
     progress = Progress(out)
     progress.know(job)  # a finished job's stream sends its status only after its epochs
@@ -186,8 +255,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(f"submitted {name} {job['id']}: {job['status']}", file=sys.stderr)
             return 0
         final = follow(client, job, sys.stderr)
-        print(verdict(final), flush=True)
-        return 0 if final["status"] == "succeeded" else 1
+        return report(final, sys.stdout)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.quiet:
+            final = client.wait(args.job_id)
+        else:
+            final = follow(client, client.job(args.job_id), sys.stderr)
+    return report(final, sys.stdout)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -229,7 +306,6 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("last", _fmt((job.get("last") or {}).get("value"))),
         ("stop", verdict(job).split(": ", 1)[1] if job.get("stop") else None),
         ("error", job.get("error")),
-        ("diagnosis", json.dumps(job["diagnosis"]) if job.get("diagnosis") else None),
         ("created", job.get("created_at")),
         ("started", job.get("started_at")),
         ("finished", job.get("finished_at")),
@@ -237,6 +313,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     for key, value in facts:
         if value not in (None, ""):
             print(f"{key + ':':<11}{value}")
+    for line in diagnosis_lines(job):
+        print(line)
+    for warning in job.get("warnings") or []:
+        print(f"warning:   {warning}")
     return 0
 
 
@@ -396,6 +476,15 @@ def add_client_commands(sub: Any) -> None:
     p.add_argument("spec", help="the spec file (.yaml, .yml or .json)")
     p.add_argument("-f", "--follow", action="store_true", help="follow the job until it ends")
     p.set_defaults(func=_guard(cmd_submit))
+
+    p = sub.add_parser(
+        "wait", parents=[common], help="wait for a job to end; exit status 0 if it succeeded",
+        description="Follow a job until it ends (its epochs on stderr), then print its verdict "
+        "and fit diagnosis. Exit status 0 if it succeeded, 1 otherwise.",
+    )  # fmt: skip
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("-q", "--quiet", action="store_true", help="no line per epoch")
+    p.set_defaults(func=_guard(cmd_wait))
 
     p = sub.add_parser("jobs", parents=[common], help="list jobs, newest first")
     p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
