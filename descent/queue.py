@@ -21,6 +21,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     else:
         transport_options["visibility_timeout"] = settings.broker_visibility_timeout
+        # A worker takes from its queues in the order given (`--queues gpu,cpu`: cpu jobs
+        # only while no gpu job waits), not in turn.
+        transport_options["queue_order_strategy"] = "priority"
         if settings.broker_key_prefix:
             transport_options["global_keyprefix"] = settings.broker_key_prefix
     app = Celery("descent", broker=settings.broker_url, set_as_current=False)

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "", validation_alias=AliasChoices("DESCENT_DATABASE_URL", "DATABASE_URL")
     )
+    # The database password, read from this file (a Docker or Kubernetes secret) and set into
+    # database_url, quoted, so any character works; the URL then carries none.
+    database_password_file: Path | None = None
     broker_url: str = Field("", validation_alias=AliasChoices("DESCENT_BROKER_URL", "REDIS_URL"))
     artifacts_dir: Path | None = None
     # The default queue takes jobs with device auto|cpu; device cuda goes to the gpu queue.
@@ -32,6 +35,9 @@ class Settings(BaseSettings):
     broker_key_prefix: str = ""
     # Redis hands an unacknowledged task back only after this many seconds.
     broker_visibility_timeout: int = 3600
+    # Threads torch uses in each worker process (0: its default, one per core or
+    # OMP_NUM_THREADS); set it to the CPUs a worker may use, or every worker takes every core.
+    worker_threads: int = 0
     # Requests larger than this are refused with 413 before they are read whole.
     max_body_bytes: int = 1_000_000
     # Dataset and weights uploads have a limit of their own (413 over it); each owner's
@@ -77,6 +83,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _defaults(self) -> "Settings":
         self.data_dir = self.data_dir.expanduser().resolve()
+        if self.database_password_file is not None and self.database_url:
+            from sqlalchemy.engine import make_url
+
+            password = self.database_password_file.read_text().rstrip("\r\n")
+            url = make_url(self.database_url).set(password=password)
+            self.database_url = url.render_as_string(hide_password=False)
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'descent.db'}"
         elif self.database_url.startswith(("postgres://", "postgresql://")):

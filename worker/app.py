@@ -14,6 +14,7 @@ celery_app = make_celery()
 # otherwise land on the first job of every worker process.
 import torch._dynamo  # noqa: E402,F401
 
+import worker.gpu  # noqa: E402,F401  (gpu-queue workers need CUDA; DESCENT_WORKER_THREADS)
 import worker.tasks  # noqa: E402,F401  (registers the tasks)
 
 _sweeper: Any = None

@@ -1,0 +1,1 @@
+"""The Alembic migrations, installed as a package (see descent/migrate.py)."""
