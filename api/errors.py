@@ -2,8 +2,9 @@
 
 Services stay free of HTTP: they raise a ``ServiceError`` with the status it stands for.
 Validation errors keep FastAPI's shape (a list of ``{"loc", "msg", "type"}``) and are made
-JSON-safe (no exception objects, no NaN). A database that cannot be reached answers 503;
-anything unexpected answers 500 without a traceback and is logged.
+JSON-safe (no exception objects, no NaN). A database that cannot be reached answers 503 with
+a generic reason (its host and port go to the log only); a 405 names every method the path
+takes in ``Allow``; anything unexpected answers 500 without a traceback and is logged.
 """
 
 import logging
@@ -11,11 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.encoding import json_safe
@@ -135,14 +139,40 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    # The driver's reason names the database's host and port: for the log, not the caller.
     logger.warning("database unavailable: %s", database_reason(exc))
-    return JSONResponse(
-        {"detail": f"database unavailable: {database_reason(exc)}"}, status_code=503
-    )
+    return JSONResponse({"detail": "database unavailable"}, status_code=503)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's HTTP errors as FastAPI answers them; a 405 lists in ``Allow`` the methods
+    of every route of this path (Starlette names only those of the first route it tried)."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        allowed = allowed_methods(request.app, request.scope)
+        if allowed:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+    return await http_exception_handler(request, exc)
+
+
+METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """The methods some route of the app takes at this request's path."""
+    return [
+        method
+        for method in METHODS
+        if any(
+            route.matches({**scope, "method": method})[0] is Match.FULL
+            for route in app.router.routes
+        )
+    ]
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InvalidParameter, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)

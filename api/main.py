@@ -1,7 +1,10 @@
 """The FastAPI application: ``uvicorn api.main:app``."""
 
+import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -19,6 +22,7 @@ from api.metrics.routes import router as metrics_router
 from api.monitoring.middleware import LatencyMiddleware
 from api.monitoring.routes import router as monitoring_router
 from api.monitoring.service import Telemetry
+from api.nul import RefuseNulMiddleware
 from api.plots.routes import router as plots_router
 from api.queue import TaskQueue
 from api.uploads.routes import UPLOAD_PATHS
@@ -50,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.telemetry = Telemetry(settings)
     install_error_handlers(app)
     # Added last is outermost: errors from everything inside become JSON.
+    # Inside the body size limit: it reads a JSON body whole (see api/nul.py).
+    app.add_middleware(RefuseNulMiddleware)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
@@ -67,7 +73,56 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(plots_router)
     app.include_router(monitoring_router)
     app.include_router(dashboard_router)
+    _document_limits(app, settings)
+    _redact_access_log()
     return app
+
+
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """Limits that are settings, written into the OpenAPI document as this server has them."""
+    build = app.openapi
+    done: list[dict[str, Any]] = []  # FastAPI caches its schema: amend it once
+
+    def openapi() -> dict[str, Any]:
+        if done:
+            return done[0]
+        schema = build()
+        done.append(schema)
+        page = schema["paths"]["/v1/jobs/{job_id}/metrics"]["get"]
+        for parameter in page["parameters"]:
+            if parameter["name"] == "limit":
+                parameter["schema"]["anyOf"][0]["maximum"] = settings.metrics_page_limit
+        for path in UPLOAD_PATHS:
+            upload = schema["paths"][path]["post"]
+            upload["description"] += (
+                f"\n\nLimits: the body may be at most {settings.max_upload_bytes:,} bytes, and "
+                "this account's uploads together at most its upload quota (413 over either); "
+                "the form takes one file part, `file`, and only the text fields listed, "
+                "each a short text (400 over the form limits)."
+            )
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+class _RedactTokens(logging.Filter):
+    """Access log lines never show a token passed in a query string (``?token=…``)."""
+
+    pattern = re.compile(r"([?&][^=&]*token[^=&]*=)[^&\s]*", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self.pattern.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
+
+
+def _redact_access_log() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactTokens) for f in access.filters):
+        access.addFilter(_RedactTokens())
 
 
 app = create_app()

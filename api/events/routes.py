@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentOwner
 from api.events import service
+from api.metrics.service import MAX_EPOCH
 
 router = APIRouter(prefix="/v1/jobs", tags=["events"])
 
@@ -32,13 +33,21 @@ async def job_events(
         Header(description="Resume after this event (the `id` of the last event received)."),
     ] = None,
     after: Annotated[
-        int | None, Query(ge=0, description="Start after this epoch (without Last-Event-ID).")
+        int | None,
+        Query(ge=0, le=MAX_EPOCH, description="Start after this epoch (without Last-Event-ID)."),
     ] = None,
 ) -> Response:
     """The job's progress, live: a `status` event (data: the job) at the start and at each
     change of status, an `epoch` event (data: the epoch's metrics) as each epoch ends.
     The stream ends after the final status. Event ids are `<epoch>:<status>`; reconnect
-    with `Last-Event-ID` to resume without gaps or repeats."""
+    with `Last-Event-ID` to resume without gaps or repeats.
+
+    A `Last-Event-ID` that is not an id this stream sends (`<epoch>:<status>`, the epoch in
+    ASCII digits) answers 422 naming the header, rather than being ignored: a browser's
+    `EventSource` only ever sends back an id it got from this stream, so another one is a
+    client's bug, and replaying the job from its start instead would hand that client
+    every event again as if new. The 422 surfaces it (an `EventSource` fires `error` and
+    stops reconnecting), and the client can reopen with `?after=<epoch>`."""
     cursor = service.parse_cursor(last_event_id, after)
     first = await run_in_threadpool(service.poll, job_id, owner, cursor)
     if service.nothing_to_send(first, cursor):

@@ -22,6 +22,7 @@ quiet for ``HEARTBEAT_SECONDS`` (so proxies keep the connection open).
 """
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from sqlalchemy import select
 from api.errors import InvalidParameter, NotFound
 from api.jobs.schemas import JobPublic
 from api.metrics.downsample import Record
-from api.metrics.service import epoch_records
+from api.metrics.service import MAX_EPOCH, epoch_records
 from store.db import session_scope
 from store.models import Job, JobStatus
 
@@ -43,6 +44,8 @@ HEARTBEAT_SECONDS = 15.0
 BATCH_EPOCHS = 500
 # How long a browser waits before reconnecting, in milliseconds (sent once per stream).
 RETRY_MS = 2000
+# An event id: ASCII digits only (str.isdigit() also takes "²", which int() refuses).
+EVENT_ID = re.compile(r"([0-9]{1,10}):(?P<status>[a-z]*)", re.ASCII)
 
 
 @dataclass
@@ -58,11 +61,16 @@ class Cursor:
 
 
 def parse_cursor(last_event_id: str | None, after: int | None) -> Cursor:
-    """The cursor from a ``Last-Event-ID`` header (preferred) or an ``after`` query."""
+    """The cursor from a ``Last-Event-ID`` header (preferred) or an ``after`` query.
+
+    A header that is not an id of this stream (``<epoch>:<status>``, the epoch in ASCII
+    digits within the epoch column's range) raises InvalidParameter (422).
+    """
     if last_event_id:
-        epoch, _, status = last_event_id.strip().partition(":")
-        if epoch.isdigit() and (status in JobStatus.ALL or status == ""):
-            return Cursor(int(epoch), status or None)
+        match = EVENT_ID.fullmatch(last_event_id.strip())
+        status = match["status"] if match else None
+        if match and (status in JobStatus.ALL or status == "") and int(match[1]) <= MAX_EPOCH:
+            return Cursor(int(match[1]), status or None)
         raise InvalidParameter.one(
             ("header", "last-event-id"), "must be an event id of this stream, <epoch>:<status>",
             last_event_id,

@@ -220,6 +220,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, job_id = raw.split("|", 1)
         created_at = as_utc(datetime.fromisoformat(stamp))
+        if "\x00" in job_id:
+            raise ValueError("NUL in the job id")  # PostgreSQL cannot compare text with NUL
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidParameter.one(("query", "cursor"), "invalid cursor", cursor) from None
     assert created_at is not None

@@ -11,7 +11,7 @@ from api.metrics.schemas import MetricsPage
 
 router = APIRouter(prefix="/v1/jobs", tags=["metrics"])
 
-MAX_EPOCH = 2**31 - 1  # the epoch column's range: a larger cursor is refused, not overflowed
+MAX_EPOCH = service.MAX_EPOCH  # the epoch column's range: a larger cursor is refused
 
 
 @router.get(
@@ -28,7 +28,11 @@ async def get_metrics(
     ] = 0,
     limit: Annotated[
         int | None,
-        Query(ge=1, description="Epochs per page: 100 by default, at most the page limit (1000)."),
+        Query(
+            ge=1,
+            description="Epochs per page: 100 by default, at most the server's page limit "
+            "(`maximum`; 1000 unless configured otherwise).",
+        ),
     ] = None,
     max_points: Annotated[
         int | None,
@@ -42,7 +46,12 @@ async def get_metrics(
         ),
     ] = None,
 ) -> Response:
-    """Per-epoch metrics in epoch order. Poll with `after=<last epoch seen>` for new ones."""
+    """Per-epoch metrics in epoch order, `{"items": [...], "next": epoch, "complete": bool}`.
+
+    `next` is always the cursor to continue from: pass it as `after` to get the epochs that
+    come after this page (it is the last epoch returned, or `after` itself when the page is
+    empty, so polling it never loses its place). `complete` is true once the job has ended
+    and this page holds its last epoch: stop polling then."""
     # Every client polls this route, so it is async and takes no SessionDep: a finished
     # job's page comes from memory with no session and no thread hop; anything else is
     # read by the service in the threadpool, in a read-only session of its own.

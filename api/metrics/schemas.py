@@ -13,6 +13,11 @@ class EpochMetrics(BaseModel):
 
 class MetricsPage(BaseModel):
     items: list[EpochMetrics]
-    next: int | None = Field(
-        description="Pass as `after` for the next page; null when no later epoch exists yet."
+    next: int = Field(
+        description="The cursor to continue from: pass it as `after` for the epochs after "
+        "this page. The last epoch returned, or `after` when the page is empty."
+    )
+    complete: bool = Field(
+        description="True once the job has ended and this page holds its last epoch: "
+        "nothing will follow."
     )

@@ -23,6 +23,7 @@ from store.db import session_scope
 from store.models import Job, JobStatus, Metric
 
 DEFAULT_LIMIT = 100
+MAX_EPOCH = 2**31 - 1  # the epoch column's range (int4 on PostgreSQL)
 
 
 def page_size(limit: int | None, max_points: int | None) -> int:
@@ -58,7 +59,11 @@ def metrics_page(
     limit: int,
     max_points: int | None,
 ) -> bytes:
-    """The JSON body ``{"items": [...], "next": epoch | null}``, ready to send.
+    """The JSON body ``{"items": [...], "next": epoch, "complete": bool}``, ready to send.
+
+    ``next`` is always the cursor to continue from: the last epoch returned, or ``after``
+    when the page is empty. ``complete`` is true once the job has ended and no epoch after
+    this page exists, so a poller knows when to stop.
 
     Blocking: call it in the threadpool. It only reads, so it needs no request transaction.
     """
@@ -92,7 +97,8 @@ def _metrics_page(
     with cache.building(key):
         body = cache.get(key, version)  # built meanwhile by the request this one waited on
         if body is None:
-            body = _build_page(session, job_id, after, limit, max_points, job.monitor)
+            ended = job.status in JobStatus.TERMINAL
+            body = _build_page(session, job_id, after, limit, max_points, job.monitor, ended)
             cache.put(key, version, body, final=job.status in JobStatus.TERMINAL)
     return body
 
@@ -104,17 +110,21 @@ def _build_page(
     limit: int,
     max_points: int | None,
     monitor: str,
+    ended: bool,
 ) -> bytes:
-    """One query, records built as plain dicts, JSON written once."""
+    """One query, records built as plain dicts, JSON written once.
+
+    ``ended``: the job's status, read before its metrics, is final (so they are all there).
+    """
     # Epochs are contiguous from 1, so the page is a range; one epoch more tells whether
-    # there is a next page.
+    # there is a next page. The bound stays within the epoch column's range (int4).
     rows = session.execute(
         select(Metric.epoch, Metric.name, Metric.value)
         .where(
             Metric.job_id == job_id,
             Metric.step == 0,
             Metric.epoch > after,
-            Metric.epoch <= after + limit + 1,
+            Metric.epoch <= min(after + limit + 1, MAX_EPOCH),
         )
         .order_by(Metric.epoch, Metric.name)
     )
@@ -126,10 +136,12 @@ def _build_page(
         records = downsample(records, max_points, key_metrics(records, monitor))
     items = [{"epoch": epoch, "metrics": metrics} for epoch, metrics in records]
     # The cursor is the last epoch returned (downsampling always keeps the last one).
-    next_cursor = (records[-1][0] if records else after + limit) if more else None
-    return json.dumps(
-        {"items": items, "next": next_cursor}, separators=(",", ":"), allow_nan=False
-    ).encode()
+    page = {
+        "items": items,
+        "next": records[-1][0] if records else after,
+        "complete": ended and not more,
+    }
+    return json.dumps(page, separators=(",", ":"), allow_nan=False).encode()
 
 
 def epoch_records(session: Session, job_id: str, *, after: int, through: int) -> list[Record]:

@@ -37,15 +37,21 @@ def test_pages_follow_the_cursor_in_epoch_order(client: TestClient) -> None:
     }
     second = strict(client.get(url, params={"after": 100}))
     assert [r["epoch"] for r in second["items"]] == list(range(101, 201))
+    assert first["complete"] is False and second["complete"] is False
     last = strict(client.get(url, params={"after": second["next"]}))
     assert [r["epoch"] for r in last["items"]] == list(range(201, 251))
-    assert last["next"] is None
-    assert strict(client.get(url, params={"after": 250})) == {"items": [], "next": None}
+    assert last["next"] == 250 and last["complete"] is True
+    assert strict(client.get(url, params={"after": 250})) == {
+        "items": [],
+        "next": 250,
+        "complete": True,
+    }
 
     everything = strict(client.get(url, params={"limit": 1000}))
-    assert len(everything["items"]) == 250 and everything["next"] is None
+    assert len(everything["items"]) == 250
+    assert everything["next"] == 250 and everything["complete"] is True
     exact = strict(client.get(url, params={"limit": 50, "after": 200}))
-    assert exact["next"] is None  # epoch 250 is the last: no further page
+    assert exact["next"] == 250 and exact["complete"] is True  # epoch 250 is the last
 
 
 def test_values_are_the_stored_ones(client: TestClient) -> None:
@@ -79,14 +85,21 @@ def test_limits_are_validated(sqlite_client: TestClient) -> None:
 def test_polling_after_the_last_epoch_shows_each_new_one(client: TestClient) -> None:
     job_id = make_job(status=JobStatus.RUNNING)
     url = f"/v1/jobs/{job_id}/metrics"
-    assert strict(client.get(url, params={"after": 0})) == {"items": [], "next": None}
+    empty = {"items": [], "next": 0, "complete": False}
+    assert strict(client.get(url, params={"after": 0})) == empty
+    assert strict(client.get(url)) == empty
     seen: list[int] = []
+    after = 0
     for epoch in range(1, 5):
         add_epochs(job_id, [{"val_loss": 1.0 / epoch}], first=epoch)
-        after = seen[-1] if seen else 0
         page = strict(client.get(url, params={"after": after}))
         seen += [r["epoch"] for r in page["items"]]
         assert seen == list(range(1, epoch + 1))
+        assert page["next"] == epoch and page["complete"] is False
+        # Following `next` with nothing new yet keeps the place: no epoch comes twice.
+        again = strict(client.get(url, params={"after": page["next"]}))
+        assert again == {"items": [], "next": epoch, "complete": False}
+        after = again["next"]
         # The whole history, asked the same way twice, follows the job too.
         assert len(strict(client.get(url))["items"]) == epoch
     with session_scope() as session:
@@ -94,6 +107,14 @@ def test_polling_after_the_last_epoch_shows_each_new_one(client: TestClient) -> 
         assert job is not None
         job.status = JobStatus.SUCCEEDED
     assert [r["epoch"] for r in strict(client.get(url))["items"]] == [1, 2, 3, 4]
+    # The job has ended: the page holding its last epoch, or after it, says so.
+    assert strict(client.get(url))["complete"] is True
+    assert strict(client.get(url, params={"after": 4})) == {
+        "items": [],
+        "next": 4,
+        "complete": True,
+    }
+    assert strict(client.get(url, params={"limit": 2}))["complete"] is False
 
 
 def test_non_finite_values_are_null(client: TestClient) -> None:
@@ -126,7 +147,7 @@ def test_max_points_keeps_extremes_and_ends(client: TestClient, max_points: int)
     assert len(epochs) <= max_points
     assert epochs == sorted(set(epochs))
     assert epochs[0] == 1 and epochs[-1] == 1000
-    assert page["next"] is None
+    assert page["next"] == 1000 and page["complete"] is True
     if max_points >= 6:  # room for the first, the last and both extremes of val_loss
         for name in ("val_loss", "train_loss") if max_points >= 10 else ("val_loss",):
             values = [r["metrics"][name] for r in page["items"]]
@@ -143,7 +164,7 @@ def test_max_points_downsamples_one_page(client: TestClient) -> None:
     page = strict(client.get(url, params={"max_points": 20, "limit": 100, "after": 100}))
     epochs = [r["epoch"] for r in page["items"]]
     assert len(epochs) <= 20 and epochs[0] == 101 and epochs[-1] == 200
-    assert page["next"] == 200
+    assert page["next"] == 200 and page["complete"] is False
 
 
 def _random_history(rng: random.Random, n: int, names: list[str]) -> list[Any]:
@@ -206,3 +227,17 @@ def test_metrics_of_another_owner_are_invisible(client: TestClient) -> None:
     job_id = make_job(owner="someone-else", status=JobStatus.SUCCEEDED)
     add_epochs(job_id, history(2))
     assert client.get(f"/v1/jobs/{job_id}/metrics").status_code == 404
+
+
+def test_complete_follows_the_job_ending_without_a_new_epoch(client: TestClient) -> None:
+    job_id = make_job(status=JobStatus.RUNNING)
+    add_epochs(job_id, history(3))
+    url = f"/v1/jobs/{job_id}/metrics"
+    assert strict(client.get(url))["complete"] is False  # now in the page cache
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.status = JobStatus.FAILED  # the same epochs, a final status
+    page = strict(client.get(url))
+    assert [r["epoch"] for r in page["items"]] == [1, 2, 3]
+    assert page["next"] == 3 and page["complete"] is True
