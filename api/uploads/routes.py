@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import CurrentOwner, SessionDep, SettingsDep
 from api.errors import InvalidParameter, TooLarge
+from api.nul import refuse_nul
 from api.uploads import service
 from api.uploads.schemas import UploadPublic, UploadsPublic
 from api.uploads.validate import ARCHITECTURES
@@ -105,6 +106,7 @@ async def _upload(
                 raise InvalidParameter.one(
                     ("body", key), f"a text of at most {MAX_NAME} characters"
                 )
+            refuse_nul(("body", key), value)  # PostgreSQL cannot store it (api/nul.py)
             fields[key] = value.strip() or None
         row = await run_in_threadpool(
             service.store_upload,
