@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from descent.settings import Settings
 from tests.api.builders import SPEC, bearer, count_jobs
+from tests.conftest import migrated
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,8 +23,8 @@ def test_healthz_checks_the_database(client: TestClient) -> None:
     assert response.json() == {"status": "ok", "database": "ok"}
 
 
-def test_database_down_answers_503_with_a_reason(
-    configure: Callable[..., Settings], tmp_path: Path
+def test_database_down_answers_503_naming_no_host(
+    configure: Callable[..., Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from api.main import create_app
 
@@ -32,12 +33,19 @@ def test_database_down_answers_503_with_a_reason(
         DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere",  # nothing listens on port 1
     )
     # A token cannot be checked without the database: 503 too, not 401.
-    with TestClient(create_app(settings), headers=bearer("dsc_any")) as client:
+    with (
+        TestClient(create_app(settings), headers=bearer("dsc_any")) as client,
+        caplog.at_level(logging.WARNING, logger="api"),
+    ):
         for path in ("/healthz", "/v1/jobs", "/v1/jobs/abc/metrics"):
             response = client.get(path)
             assert response.status_code == 503, path
-            assert response.json()["detail"].startswith("database unavailable: ")
-            assert "Traceback" not in response.text
+            # The reason is generic, even to an unauthenticated caller of /healthz...
+            assert response.json() == {"detail": "database unavailable"}, path
+            assert "127.0.0.1" not in response.text and "Traceback" not in response.text
+    # ... and the driver's own words, with the host and port, are in the log.
+    logged = [r.getMessage() for r in caplog.records if r.name == "api"]
+    assert any("127.0.0.1" in m and "database unavailable" in m for m in logged), logged
 
 
 def test_api_never_imports_torch(tmp_path: Path) -> None:
@@ -91,6 +99,49 @@ def test_unknown_ids_are_404_with_a_reason(
     assert response.status_code == 404
     assert "0123456789abcdef" in response.json()["detail"]
     assert "not found" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", "/v1/jobs", "GET, POST"),
+        ("PUT", "/v1/jobs/abc", "GET"),
+        ("GET", "/v1/jobs/abc/cancel", "POST"),
+        ("POST", "/v1/datasets/abc", "DELETE, GET"),
+        ("POST", "/healthz", "GET"),
+    ],
+)
+def test_405_names_every_method_of_the_path_in_allow(
+    sqlite_client: TestClient, method: str, path: str, allow: str
+) -> None:
+    response = sqlite_client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.json() == {"detail": "Method Not Allowed"}
+
+
+def test_openapi_documents_the_page_and_upload_limits(
+    configure: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from api.main import create_app
+
+    settings = migrated(
+        configure(
+            DESCENT_DATA_DIR=str(tmp_path / "data"),
+            DESCENT_METRICS_PAGE_LIMIT="500",
+            DESCENT_MAX_UPLOAD_BYTES="7000000",
+        )
+    )
+    with TestClient(create_app(settings)) as client:
+        for _ in range(2):  # the document is amended once, not on each request
+            paths = client.get("/openapi.json").json()["paths"]
+            page = paths["/v1/jobs/{job_id}/metrics"]["get"]["parameters"]
+            (limit,) = [p for p in page if p["name"] == "limit"]
+            assert limit["schema"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 500}
+            for path in ("/v1/datasets", "/v1/weights"):
+                text = paths[path]["post"]["description"]
+                assert text.count("7,000,000 bytes") == 1, text
+                assert "one file part" in text
 
 
 def test_unknown_route_is_json_404(sqlite_client: TestClient) -> None:
