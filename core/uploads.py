@@ -23,10 +23,14 @@ Dataset formats:
 from __future__ import annotations
 
 import io
+import json
 import math
 import stat
+import struct
 import zipfile
+import zlib
 from collections import Counter
+from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -47,7 +51,11 @@ MAX_FILES = 100_000
 MAX_RATIO = 100
 RATIO_FLOOR = 1 << 20  # members smaller than this may compress as they like
 MAX_IMAGE_PIXELS = 4096 * 4096
-MAX_DECODED_BYTES = 2 << 30
+# What a dataset may take once decoded (image pixels, arrays, a CSV's numbers), counted
+# before decoding it.
+MAX_DECODED_BYTES = 1 << 30
+MAX_COLUMNS = 100_000
+MAX_SAFETENSORS_HEADER = 100_000_000  # safetensors' own limit
 # An integer target with at most this many distinct values is taken for classes.
 MAX_CLASSES = 1_000
 MAX_CLASSES_GUESSED = 50
@@ -56,6 +64,32 @@ LISTED = 5  # mismatches named in an error message
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
+# What zipfile raises for a broken archive or member: a bad CRC, a member longer than it
+# declares, a corrupt deflate stream, an unsupported zip version or compression method,
+# encryption, a truncated file.
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+    EOFError,
+    OSError,
+    ValueError,
+    struct.error,
+)
+
+
+def _open_zip(path: Path, what: str = "zip archive") -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except ZIP_ERRORS as exc:
+        raise InvalidUpload(f"not a readable {what}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return text or type(exc).__name__
 
 
 # --------------------------------------------------------------------------- datasets
@@ -68,6 +102,7 @@ def inspect_dataset(
     *,
     max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
     max_files: int = MAX_FILES,
+    max_decoded_bytes: int = MAX_DECODED_BYTES,
 ) -> dict[str, Any]:
     """Check an uploaded dataset; return its metadata or raise InvalidUpload saying why.
 
@@ -76,7 +111,12 @@ def inspect_dataset(
     pixel_max, and per format columns (csv) or resized (imagefolder).
     """
     _, _, meta = read_dataset(
-        path, format, target, max_unpacked_bytes=max_unpacked_bytes, max_files=max_files
+        path,
+        format,
+        target,
+        max_unpacked_bytes=max_unpacked_bytes,
+        max_files=max_files,
+        max_decoded_bytes=max_decoded_bytes,
     )
     return meta
 
@@ -88,19 +128,21 @@ def read_dataset(
     *,
     max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
     max_files: int = MAX_FILES,
+    max_decoded_bytes: int = MAX_DECODED_BYTES,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(x, y, metadata): x as (N, F) features or (N, C, H, W) images, y as class indices,
-    values or masks. format None: told from the file's content."""
+    values or masks. format None: told from the file's content. What the data takes decoded
+    is counted from its headers before it is decoded, and refused over max_decoded_bytes."""
     path = Path(path)
     format = format or sniff_format(path)
     if format != "csv" and target is not None:
         raise InvalidUpload(f"a {format} dataset holds its own targets: target is for CSV files")
     if format == "csv":
-        x, y, meta = _read_csv(path, target)
+        x, y, meta = _read_csv(path, target, max_decoded_bytes)
     elif format == "npz":
-        x, y, meta = _read_npz(path, max_unpacked_bytes)
+        x, y, meta = _read_npz(path, max_unpacked_bytes, max_decoded_bytes)
     elif format == "imagefolder":
-        x, y, meta = _read_imagefolder(path, max_unpacked_bytes, max_files)
+        x, y, meta = _read_imagefolder(path, max_unpacked_bytes, max_files, max_decoded_bytes)
     else:
         raise InvalidUpload(f"unknown dataset format {format!r}: use csv, npz or imagefolder")
     return x, y, {"format": format, **meta}
@@ -111,11 +153,8 @@ def sniff_format(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(4)
     if head.startswith(b"PK"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = set(archive.namelist())
-        except zipfile.BadZipFile as exc:
-            raise InvalidUpload(f"not a readable zip archive: {exc}") from None
+        with _open_zip(path) as archive:
+            names = set(archive.namelist())
         return "npz" if "x.npy" in names else "imagefolder"
     return "csv"
 
@@ -165,40 +204,63 @@ def _check_classes(counts: np.ndarray, names: list[str], what: str = "class") ->
 # ------------------------------------------------------------------ csv
 
 
-def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    import csv
-
+def _read_csv(
+    path: Path, target: str | None, max_decoded: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read in two passes, neither holding the rows: the first checks the shape of every
+    row, counts them and tells number targets from text labels, so that what the arrays
+    will take is known (and bounded) before they are made; the second fills them."""
     if not target:
         raise InvalidUpload("a CSV dataset needs the name of its target column")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [row for row in csv.reader(f, strict=True) if row]
-    except UnicodeDecodeError:
-        raise InvalidUpload("not a CSV file: it is not UTF-8 text") from None
-    except csv.Error as exc:
-        raise InvalidUpload(f"not a valid CSV file: {exc}") from None
-    if len(rows) < 3:
-        raise InvalidUpload("a CSV dataset has a header row and at least 2 rows of data")
-    header = [cell.strip() for cell in rows[0]]
-    if target not in header:
-        shown = ", ".join(repr(c) for c in header[:20]) + (", …" if len(header) > 20 else "")
-        raise InvalidUpload(f"the CSV has no column {target!r}; its columns are {shown}")
-    if len(set(header)) != len(header):
-        twice = sorted({c for c in header if header.count(c) > 1})
-        raise InvalidUpload(f"the CSV names columns more than once: {', '.join(twice)}")
-    if len(header) < 2:
-        raise InvalidUpload("a CSV dataset needs at least one feature column besides the target")
-    t = header.index(target)
-    features = np.empty((len(rows) - 1, len(header) - 1), dtype=np.float64)
-    labels: list[str] = []
-    for i, row in enumerate(rows[1:], start=2):
+    header: list[str] = []
+    t: int | None = None
+    n = 0
+    uneven: tuple[int, int] | None = None  # the first row whose length is not the header's
+    numeric = True
+    classes: set[str] = set()
+    for i, row in _csv_rows(path):
+        if i == 1:
+            header = [cell.strip() for cell in row]
+            t = header.index(target) if target in header else None
+            continue
+        n += 1
         if len(row) != len(header):
-            raise InvalidUpload(
-                f"CSV line {i} has {len(row)} columns; the header has {len(header)}"
-            )
-        labels.append(row[t].strip())
-        cells = row[:t] + row[t + 1 :]
-        for j, cell in enumerate(cells):
+            uneven = uneven or (i, len(row))
+            continue
+        if t is None:
+            continue
+        if numeric:
+            try:
+                float(row[t])
+            except ValueError:
+                numeric = False
+        if not numeric and len(classes) <= MAX_CLASSES:
+            classes.add(row[t].strip())
+    if n < 2:
+        raise InvalidUpload("a CSV dataset has a header row and at least 2 rows of data")
+    _check_header(header, target)
+    assert t is not None
+    if uneven:
+        raise InvalidUpload(
+            f"CSV line {uneven[0]} has {uneven[1]} columns; the header has {len(header)}"
+        )
+    decoded = n * len(header) * 8
+    if decoded > max_decoded:
+        raise InvalidUpload(
+            f"the CSV's {n:,} rows of {len(header):,} columns take {decoded:,} bytes as "
+            f"numbers; at most {max_decoded:,} bytes"
+        )
+    if not numeric and len(classes) > MAX_CLASSES:
+        raise InvalidUpload(f"target {target!r} has more than {MAX_CLASSES} classes")
+    names = sorted(classes)
+    index = {name: k for k, name in enumerate(names)}
+    features = np.empty((n, len(header) - 1), dtype=np.float64)
+    targets = np.empty(n, dtype=np.float64 if numeric else np.int64)
+    for i, row in _csv_rows(path):
+        if i == 1:
+            continue
+        r = i - 2
+        for j, cell in enumerate(row[:t] + row[t + 1 :]):
             try:
                 value = float(cell)
             except ValueError:
@@ -208,20 +270,21 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, d
                 raise InvalidUpload(
                     f"CSV line {i}, column {column!r}: {cell[:40]!r} is not a finite number"
                 )
-            features[i - 2, j] = value
+            features[r, j] = value
+        label = row[t].strip()
+        if not numeric:
+            targets[r] = index[label]
+            continue
+        targets[r] = float(label)
+        if not math.isfinite(targets[r]):
+            raise InvalidUpload(f"CSV line {i}: the target {label[:40]!r} is not finite")
     columns = [c for c in header if c != target]
-    numbers = _numbers(labels)
-    if numbers is None:  # text labels: classes
-        names = sorted(set(labels))
-        if len(names) > MAX_CLASSES:
-            raise InvalidUpload(
-                f"target {target!r} has {len(names)} classes; at most {MAX_CLASSES}"
-            )
-        index = {n: k for k, n in enumerate(names)}
-        y = np.array([index[v] for v in labels], dtype=np.int64)
+    if not numeric:  # text labels: classes
+        y = targets
         _check_classes(np.bincount(y, minlength=len(names)), names)
         meta = _describe(features, y, "classification", names, target=target, columns=columns)
         return features, y, meta
+    numbers = targets
     values = np.unique(numbers)
     integral = bool(np.all(values == np.round(values)))
     if integral and 2 <= len(values) <= MAX_CLASSES_GUESSED:
@@ -237,15 +300,31 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, d
     return features, numbers, meta
 
 
-def _numbers(cells: list[str]) -> np.ndarray | None:
+def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(number, cells) of the non-empty rows, counted from 1 (the header), one at a time."""
+    import csv
+
     try:
-        values = np.array([float(c) for c in cells], dtype=np.float64)
-    except ValueError:
-        return None
-    if not np.all(np.isfinite(values)):
-        bad = int(np.flatnonzero(~np.isfinite(values))[0])
-        raise InvalidUpload(f"CSV line {bad + 2}: the target {cells[bad]!r} is not finite")
-    return values
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = (row for row in csv.reader(f, strict=True) if row)
+            yield from enumerate(rows, start=1)
+    except UnicodeDecodeError:
+        raise InvalidUpload("not a CSV file: it is not UTF-8 text") from None
+    except csv.Error as exc:
+        raise InvalidUpload(f"not a valid CSV file: {exc}") from None
+
+
+def _check_header(header: list[str], target: str) -> None:
+    if target not in header:
+        shown = ", ".join(repr(c) for c in header[:20]) + (", …" if len(header) > 20 else "")
+        raise InvalidUpload(f"the CSV has no column {target!r}; its columns are {shown}")
+    if len(header) > MAX_COLUMNS:
+        raise InvalidUpload(f"the CSV has {len(header):,} columns; at most {MAX_COLUMNS:,}")
+    if len(set(header)) != len(header):
+        twice = sorted({c for c in header if header.count(c) > 1})
+        raise InvalidUpload(f"the CSV names columns more than once: {', '.join(twice)}")
+    if len(header) < 2:
+        raise InvalidUpload("a CSV dataset needs at least one feature column besides the target")
 
 
 def classification_labels(meta: dict[str, Any], y: np.ndarray, task: str) -> np.ndarray:
@@ -259,28 +338,37 @@ def classification_labels(meta: dict[str, Any], y: np.ndarray, task: str) -> np.
 # ------------------------------------------------------------------ npz
 
 
-def _read_npz(path: Path, max_bytes: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InvalidUpload(f"not a readable .npz archive: {exc}") from None
-    names = sorted(i.filename for i in infos)
-    if names != ["x.npy", "y.npy"]:
+def _read_npz(
+    path: Path, max_bytes: int, max_decoded: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    with _open_zip(path, ".npz archive") as archive:
+        infos = archive.infolist()
+        names = sorted(i.filename for i in infos)
+        if names != ["x.npy", "y.npy"]:
+            raise InvalidUpload(
+                f"an npz dataset holds exactly the arrays x and y; found {', '.join(names[:10])}"
+            )
+        declared = sum(i.file_size for i in infos)
+        if declared > max_bytes:
+            raise InvalidUpload(
+                f"the arrays unpack to {declared:,} bytes; at most {max_bytes:,} bytes"
+            )
+        for info in infos:
+            _check_ratio(info)
+        # What the arrays take, from their headers: numpy allocates that before reading.
+        shapes = {info.filename: _npy_header(archive, info) for info in infos}
+    decoded = sum(math.prod(shape) * dtype.itemsize for shape, dtype in shapes.values())
+    if decoded > max_decoded:
+        shown = ", ".join(f"{n[0]} {shape} {dtype}" for n, (shape, dtype) in shapes.items())
         raise InvalidUpload(
-            f"an npz dataset holds exactly the arrays x and y; found {', '.join(names[:10])}"
+            f"the arrays ({shown}) take {decoded:,} bytes; at most {max_decoded:,} bytes"
         )
-    declared = sum(i.file_size for i in infos)
-    if declared > max_bytes:
-        raise InvalidUpload(f"the arrays unpack to {declared:,} bytes; at most {max_bytes:,} bytes")
-    for info in infos:
-        _check_ratio(info)
     try:
         # allow_pickle=False: an object array (which would need unpickling) is refused.
         with np.load(path, allow_pickle=False) as npz:
             x, y = npz["x"], npz["y"]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InvalidUpload(f"the npz arrays cannot be read: {exc}") from None
+    except ZIP_ERRORS as exc:
+        raise InvalidUpload(f"the npz arrays cannot be read: {_reason(exc)}") from None
     for name, array in (("x", x), ("y", y)):
         if array.dtype.kind not in "biuf":
             raise InvalidUpload(f"array {name} holds {array.dtype}, not numbers")
@@ -337,6 +425,22 @@ def _read_npz(path: Path, max_bytes: int) -> tuple[np.ndarray, np.ndarray, dict[
     )
 
 
+def _npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], Any]:
+    """An .npy member's shape and dtype, read from its header alone."""
+    from numpy.lib import format as npy
+
+    try:
+        with archive.open(info) as f:
+            version = npy.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = npy.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = npy.read_array_header_2_0(f)
+    except ZIP_ERRORS as exc:
+        raise InvalidUpload(f"{info.filename} is not a readable array: {_reason(exc)}") from None
+    return shape, dtype
+
+
 def _check_ratio(info: zipfile.ZipInfo) -> None:
     if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
         raise InvalidUpload(
@@ -380,15 +484,14 @@ def _ignored(path: PurePosixPath) -> bool:
 
 
 def _read_imagefolder(
-    path: Path, max_bytes: int, max_files: int
+    path: Path, max_bytes: int, max_files: int, max_decoded: int
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Two passes over the members, one at a time: the first reads every image's header
+    (its size and bands), so that what the images take decoded is known and bounded before
+    one is decoded; the second decodes each straight into the array."""
     from PIL import Image
 
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InvalidUpload(f"not a readable zip archive: {exc}") from None
-    with archive:
+    with _open_zip(path) as archive:
         infos = archive.infolist()
         if len(infos) > max_files:
             raise InvalidUpload(f"the archive has {len(infos):,} members; at most {max_files:,}")
@@ -430,69 +533,94 @@ def _read_imagefolder(
         names = sorted(classes)
         counts = np.array([len(classes[n]) for n in names])
         _check_classes(counts, names)
+        members = [
+            (label, member, info)
+            for label, name in enumerate(names)
+            for member, info in sorted(classes[name], key=lambda item: str(item[0]))
+        ]
 
-        images: list[Any] = []
-        labels: list[int] = []
+        # Pass 1: headers only (each member read whole, so that its CRC is checked).
+        headers: list[tuple[tuple[int, int], str]] = []
         unpacked = decoded = 0
-        for label, name in enumerate(names):
-            for member, info in sorted(classes[name], key=lambda item: str(item[0])):
-                with archive.open(info) as f:
-                    # Read no more than the budget left: a member's declared size can lie.
-                    data = f.read(max_bytes - unpacked + 1)
-                unpacked += len(data)
-                if unpacked > max_bytes:
-                    raise InvalidUpload(f"the archive unpacks to more than {max_bytes:,} bytes")
-                im, size = _decode(Image, member, data, MAX_DECODED_BYTES - decoded)
-                decoded += size
-                images.append(im)
-                labels.append(label)
-    gray = all(im.mode in ("1", "L", "I", "I;16", "F") for im in images)
-    mode = "L" if gray else "RGB"
-    sizes = Counter(im.size for im in images)
-    (width, height), _ = sizes.most_common(1)[0]
-    channels = 1 if gray else 3
-    total = len(images) * channels * width * height
-    if total > MAX_DECODED_BYTES:
-        raise InvalidUpload(
-            f"the {len(images):,} images of {width}x{height} take {total:,} bytes decoded; at "
-            f"most {MAX_DECODED_BYTES:,}"
-        )
-    x = np.empty((len(images), height, width, channels), dtype=np.uint8)
-    resized = 0
-    for i, im in enumerate(images):
-        im = _to_8bit(im).convert(mode)
-        if im.size != (width, height):
-            im = im.resize((width, height), Image.Resampling.BILINEAR)
-            resized += 1
-        x[i] = np.asarray(im, dtype=np.uint8).reshape(height, width, channels)
-    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    y = np.asarray(labels, dtype=np.int64)
+        for _, member, info in members:
+            data = _read_member(archive, info, max_bytes - unpacked)
+            unpacked += len(data)
+            if unpacked > max_bytes:
+                raise InvalidUpload(f"the archive unpacks to more than {max_bytes:,} bytes")
+            im = _open_image(Image, member, data)
+            headers.append((im.size, im.mode))
+            decoded += im.size[0] * im.size[1] * len(im.getbands())
+            del data, im
+        gray = all(mode in GRAY_MODES for _, mode in headers)
+        mode = "L" if gray else "RGB"
+        (width, height), _ = Counter(size for size, _ in headers).most_common(1)[0]
+        channels = 1 if gray else 3
+        array = len(members) * channels * width * height
+        if max(decoded, array) > max_decoded:
+            raise InvalidUpload(
+                f"the {len(members):,} images take {decoded:,} bytes decoded, and "
+                f"{array:,} bytes as {width}x{height}x{channels} arrays; at most "
+                f"{max_decoded:,} bytes"
+            )
+
+        # Pass 2: decode each image into its place.
+        x = np.empty((len(members), channels, height, width), dtype=np.uint8)
+        resized = 0
+        for i, (_, member, info) in enumerate(members):
+            im = _decode(Image, member, _read_member(archive, info, info.file_size))
+            im = _to_8bit(im).convert(mode)
+            if im.size != (width, height):
+                im = im.resize((width, height), Image.Resampling.BILINEAR)
+                resized += 1
+            pixels = np.asarray(im, dtype=np.uint8).reshape(height, width, channels)
+            x[i] = pixels.transpose(2, 0, 1)
+            del im, pixels
+    y = np.asarray([label for label, _, _ in members], dtype=np.int64)
     return x, y, _describe(x, y, "classification", names, resized=resized)
 
 
-def _decode(image_module: Any, member: PurePosixPath, data: bytes, budget: int) -> tuple[Any, int]:
-    """The decoded image and the bytes its pixels take, refused before decoding if it is
-    larger than one image may be or than the budget left for all of them: a small file
-    can declare a huge image."""
+GRAY_MODES = ("1", "L", "I", "I;16", "F")
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytes:
+    """A member's bytes, no more than one past the budget (a member's declared size can
+    lie), its CRC checked when it is read whole."""
+    try:
+        with archive.open(info) as f:
+            return f.read(budget + 1)
+    except ZIP_ERRORS as exc:
+        shown = info.filename[:100]
+        raise InvalidUpload(f"archive member {shown!r} cannot be read: {_reason(exc)}") from None
+
+
+def _open_image(image_module: Any, member: PurePosixPath, data: bytes) -> Any:
+    """The image with its header read (not decoded), refused if it is larger than one image
+    may be: a small file can declare a huge image."""
     shown = str(member)[:100]
     try:
         im = image_module.open(io.BytesIO(data))
         width, height = im.size
-        if width * height > MAX_IMAGE_PIXELS:
-            raise InvalidUpload(
-                f"{shown!r} is {width}x{height}: at most {MAX_IMAGE_PIXELS:,} pixels an image"
-            )
-        size = width * height * len(im.getbands())
-        if size > budget:
-            raise InvalidUpload(
-                f"the images take more than {MAX_DECODED_BYTES:,} bytes decoded (at {shown!r})"
-            )
-        im.load()
-    except InvalidUpload:
+    except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for a bad file
         raise InvalidUpload(f"{shown!r} is not an image Pillow can read: {exc}") from None
-    return im, size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InvalidUpload(
+            f"{shown!r} is {width}x{height}: at most {MAX_IMAGE_PIXELS:,} pixels an image"
+        )
+    return im
+
+
+def _decode(image_module: Any, member: PurePosixPath, data: bytes) -> Any:
+    im = _open_image(image_module, member, data)
+    try:
+        im.load()
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for a bad file
+        shown = str(member)[:100]
+        raise InvalidUpload(f"{shown!r} is not an image Pillow can read: {exc}") from None
+    return im
 
 
 def _to_8bit(im: Any) -> Any:
@@ -525,12 +653,17 @@ def read_weights(path: str | PathLike[str]) -> tuple[dict[str, torch.Tensor], st
     with open(path, "rb") as f:
         head = f.read(9)
     if len(head) == 9 and head[8:9] == b"{":
+        _check_safetensors_shapes(path)
         try:
             return safetensors.torch.load_file(str(path), device="cpu"), "safetensors"
-        except (safetensors.SafetensorError, OSError, ValueError) as exc:
-            raise InvalidUpload(f"not a valid safetensors file: {exc}") from None
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - Rust panics derive from BaseException
+            raise InvalidUpload(f"not a valid safetensors file: {_reason(exc)}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - refused pickles and broken files fail variously
         text = str(exc)
         # torch's own message goes on to suggest weights_only=False: not advice for a user here.
@@ -560,6 +693,38 @@ def read_weights(path: str | PathLike[str]) -> tuple[dict[str, torch.Tensor], st
     if all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state, "pytorch"
+
+
+def _check_safetensors_shapes(path: Path) -> None:
+    """Refuse shapes torch cannot make (a dimension or element count past int64), which
+    safetensors passes when they hold no data: the rest of the header is safetensors' to
+    check."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > MAX_SAFETENSORS_HEADER:
+            raise InvalidUpload(
+                f"not a valid safetensors file: a header of {length:,} bytes; at most "
+                f"{MAX_SAFETENSORS_HEADER:,}"
+            )
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidUpload(f"not a valid safetensors file: its header: {exc}") from None
+    if not isinstance(header, dict):
+        raise InvalidUpload("not a valid safetensors file: its header is not a JSON object")
+    for name, entry in header.items():
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if name == "__metadata__" or not isinstance(shape, list):
+            continue  # safetensors says what is wrong with it
+        dims = [d for d in shape if isinstance(d, int) and not isinstance(d, bool)]
+        if len(dims) == len(shape) and (
+            any(d < 0 or d >= 2**63 for d in dims) or math.prod(dims) >= 2**63
+        ):
+            raise InvalidUpload(
+                f"not a valid safetensors file: tensor {str(name)[:100]!r} has the shape "
+                f"{str(shape)[:200]}, past what a tensor can hold (2**63 elements)"
+            )
 
 
 def architecture_shapes(arch: str) -> dict[str, tuple[int, ...]]:

@@ -117,3 +117,60 @@ class Payload:
 def pickle_payload(marker: Path) -> bytes:
     """A "state dict" whose unpickling would create ``marker``."""
     return pickle.dumps({"conv1.weight": Payload(marker)})
+
+
+# ------------------------------------------------------------------ corrupt archives
+# Each takes a zip's bytes and breaks its first member, in the local header (offset from
+# "PK\x03\x04") and the central directory (offset from "PK\x01\x02") alike.
+
+
+def _patch(content: bytes, fmt: str, value: int, local: int | None, central: int | None) -> bytes:
+    import struct
+
+    data = bytearray(content)
+    for signature, offset in ((b"PK\x03\x04", local), (b"PK\x01\x02", central)):
+        if offset is not None:
+            struct.pack_into(fmt, data, data.find(signature) + offset, value)
+    return bytes(data)
+
+
+def with_bad_crc(content: bytes) -> bytes:
+    """The first member's CRC-32 is wrong."""
+    return _patch(content, "<I", 0x12345678, local=14, central=16)
+
+
+def declaring_less(content: bytes, size: int = 10) -> bytes:
+    """The first member unpacks to more than the size it declares."""
+    return _patch(content, "<I", size, local=22, central=24)
+
+
+def needing_zip_version(content: bytes, version: int = 99) -> bytes:
+    """The first member needs a zip version no reader supports (9.9)."""
+    return _patch(content, "<H", version, local=4, central=6)
+
+
+def with_unknown_method(content: bytes, method: int = 97) -> bytes:
+    """The first member is compressed by a method zipfile does not know."""
+    return _patch(content, "<H", method, local=8, central=10)
+
+
+def with_corrupt_deflate(content: bytes) -> bytes:
+    """The first member's deflate stream is garbled (its headers left intact)."""
+    import struct
+
+    data = bytearray(content)
+    start = data.find(b"PK\x03\x04")
+    name, extra = struct.unpack_from("<HH", data, start + 26)
+    begin = start + 30 + name + extra
+    for k in range(begin + 2, begin + 40):
+        data[k] ^= 0xFF
+    return bytes(data)
+
+
+def safetensors_forged(header: dict, data: bytes = b"") -> bytes:  # type: ignore[type-arg]
+    """A safetensors file of this header (as JSON) and data, unchecked."""
+    import json
+    import struct
+
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data

@@ -1,6 +1,9 @@
+import io
 import pickle
+import re
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,17 @@ from core.errors import InvalidUpload
 from core.spec import DatasetInfo
 from core.uploads import MAX_RATIO, inspect_dataset, inspect_weights, read_dataset
 from tests.core.builders import png_bytes, write_zip
+from tests.files import (
+    declaring_less,
+    imagefolder_zip,
+    needing_zip_version,
+    npz_bytes,
+    safetensors_forged,
+    with_bad_crc,
+    with_corrupt_deflate,
+    with_unknown_method,
+    zip_of,
+)
 
 # ------------------------------------------------------------------ csv
 
@@ -197,11 +211,15 @@ def test_a_huge_declared_image_is_refused_before_decoding(tmp_path: Path) -> Non
         inspect_dataset(write_zip(tmp_path / "huge.zip", entries), "imagefolder")
 
 
-def test_decoded_images_have_a_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("core.uploads.MAX_DECODED_BYTES", 500)  # 8x8 RGB: 192 bytes each
-    path = write_zip(tmp_path / "f.zip", folder_entries())
-    with pytest.raises(InvalidUpload, match="more than 500 bytes decoded"):
-        inspect_dataset(path, "imagefolder")
+def test_decoded_images_have_a_budget(tmp_path: Path) -> None:
+    path = write_zip(tmp_path / "f.zip", folder_entries())  # 6 images of 8x8 RGB: 1,152 bytes
+    assert inspect_dataset(path, "imagefolder", max_decoded_bytes=1152)["n_samples"] == 6
+    with pytest.raises(InvalidUpload) as info:
+        inspect_dataset(path, "imagefolder", max_decoded_bytes=1151)
+    assert str(info.value) == (
+        "the 6 images take 1,152 bytes decoded, and 1,152 bytes as 8x8x3 arrays; at most "
+        "1,151 bytes"
+    )
 
 
 # ------------------------------------------------------------------ weights
@@ -280,3 +298,95 @@ def test_not_a_weights_file(tmp_path: Path) -> None:
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(InvalidUpload, match="no state dict"):
         inspect_weights(tmp_path / "list.pt", "resnet18")
+
+
+# ------------------------------------------------------------------ corrupt files
+
+
+@pytest.mark.parametrize("format", ["npz", "imagefolder"])
+@pytest.mark.parametrize(
+    ("breaking", "fragment"),
+    [
+        (with_bad_crc, "Bad CRC-32 for file"),
+        (declaring_less, "Bad CRC-32 for file"),  # read past its size, its CRC fails
+        (needing_zip_version, "zip file version 9.9"),
+        (with_unknown_method, "compression method is not supported"),
+        (with_corrupt_deflate, "Error -3 while decompressing data"),
+    ],
+)
+def test_corrupt_archives_are_refused_saying_why(
+    tmp_path: Path, format: str, breaking: Callable[[bytes], bytes], fragment: str
+) -> None:
+    content = npz_bytes(rows=200) if format == "npz" else imagefolder_zip(per_class=2)
+    path = tmp_path / "broken.zip"
+    path.write_bytes(breaking(content))
+    with pytest.raises(InvalidUpload, match=re.escape(fragment)):
+        inspect_dataset(path, format)
+    with pytest.raises(InvalidUpload, match=re.escape(fragment)):
+        inspect_dataset(path, None)  # told from its content: the zip is read to tell
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [[0, 2**63], [2**40, 2**40], [2**64], [-1], [2**62, 4]],
+)
+def test_safetensors_shapes_past_int64_are_refused(tmp_path: Path, shape: list[int]) -> None:
+    path = tmp_path / "w.safetensors"
+    header = {"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}}
+    path.write_bytes(safetensors_forged(header))
+    with pytest.raises(InvalidUpload, match="not a valid safetensors file"):
+        inspect_weights(path, "resnet18")
+
+
+# ------------------------------------------------------------------ decoded size
+
+
+def test_a_csv_is_bounded_by_its_rows_times_columns(tmp_path: Path) -> None:
+    rows = "".join(f"{i},{i % 2}\n" for i in range(100))
+    path = write_csv(tmp_path / "c.csv", "a,b\n" + rows)  # 100 rows x 2 columns x 8 bytes
+    assert inspect_dataset(path, "csv", target="b", max_decoded_bytes=1600)["n_samples"] == 100
+    with pytest.raises(InvalidUpload) as info:
+        inspect_dataset(path, "csv", target="b", max_decoded_bytes=1599)
+    assert str(info.value) == (
+        "the CSV's 100 rows of 2 columns take 1,600 bytes as numbers; at most 1,599 bytes"
+    )
+
+
+def test_npz_arrays_are_bounded_by_their_headers(tmp_path: Path) -> None:
+    np.savez(tmp_path / "a.npz", x=np.zeros((10, 3), dtype=np.float32), y=np.arange(10) % 2)
+    assert inspect_dataset(tmp_path / "a.npz", "npz", max_decoded_bytes=200)["n_samples"] == 10
+    with pytest.raises(InvalidUpload) as info:
+        inspect_dataset(tmp_path / "a.npz", "npz", max_decoded_bytes=199)
+    assert str(info.value) == (
+        "the arrays (x (10, 3) float32, y (10,) int64) take 200 bytes; at most 199 bytes"
+    )
+    # A header claiming a huge array over a few bytes of data: refused before numpy
+    # allocates what the header claims.
+    y = io.BytesIO()
+    np.save(y, np.zeros(4))
+    content = zip_of({"x.npy": npy_claiming((10**6, 10**6)), "y.npy": y.getvalue()})
+    (tmp_path / "b.npz").write_bytes(content)
+    with pytest.raises(InvalidUpload, match="x \\(1000000, 1000000\\) float64"):
+        inspect_dataset(tmp_path / "b.npz", "npz")
+
+
+def npy_claiming(shape: tuple[int, ...]) -> bytes:
+    """An .npy header claiming the shape (float64), with no data after it."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": "<f8", "fortran_order": False, "shape": shape}
+    )
+    return buffer.getvalue()
+
+
+def test_many_small_images_are_bounded_before_decoding(tmp_path: Path) -> None:
+    # 40 PNGs of 1024x1024 grey, each a few kB and far under the zip-bomb floor, unpack to
+    # 40 MiB of pixels: refused from their headers alone.
+    flat = png_bytes((90, 90, 90), size=(1024, 1024))
+    entries = {f"{c}/{i}.png": flat for c in ("a", "b") for i in range(20)}
+    path = write_zip(tmp_path / "many.zip", entries)
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(InvalidUpload) as info:
+        inspect_dataset(path, "imagefolder", max_decoded_bytes=10 << 20)
+    assert "the 40 images take 125,829,120 bytes decoded" in str(info.value)
+    assert "at most 10,485,760 bytes" in str(info.value)
