@@ -24,6 +24,18 @@ class Settings(BaseSettings):
     # The database password, read from this file (a Docker or Kubernetes secret) and set into
     # database_url, quoted, so any character works; the URL then carries none.
     database_password_file: Path | None = None
+    # Every wait on the database is bounded, so that one that is down or hung answers 503
+    # within seconds. database_timeout bounds one statement, lock waits included
+    # (PostgreSQL's statement_timeout, SQLite's busy timeout); a PostgreSQL that answers
+    # nothing at all is given up a second later and its connection dropped.
+    database_timeout: float = 10.0
+    database_connect_timeout: float = 5.0
+    # Connections each process keeps open (pool size) and may open beyond them under load
+    # (overflow); a request waits at most database_pool_timeout seconds for one. The API
+    # runs up to 40 requests at once in its threadpool: size + overflow should exceed that.
+    database_pool_size: int = 10
+    database_max_overflow: int = 40
+    database_pool_timeout: float = 10.0
     broker_url: str = Field("", validation_alias=AliasChoices("DESCENT_BROKER_URL", "REDIS_URL"))
     artifacts_dir: Path | None = None
     # The default queue takes jobs with device auto|cpu; device cuda goes to the gpu queue.

@@ -126,16 +126,37 @@ def set_limits(session: Session, name: str, values: dict[str, Any]) -> User:
     return user
 
 
+def lock_owner(session: Session, owner: str) -> None:
+    """Hold the owner's write lock until the transaction ends, so that two requests of one
+    owner that check a limit and then write (a submit, an upload) run one after the other,
+    each reading what the other committed. Call it before the reads the check depends on.
+
+    PostgreSQL: ``SELECT ... FOR UPDATE`` of the user's row. SQLite has no row locks: an
+    UPDATE that changes nothing takes the database's write lock (waiting up to the busy
+    timeout for it). The driver opens SQLite's transaction at this first write, so the reads
+    that follow see every earlier commit; had the transaction read first, SQLite would refuse
+    its upgrade to a writer ("database is locked") once another writer had committed.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(
+            update(User)
+            .where(User.name == owner)
+            .values(name=User.name)
+            .execution_options(synchronize_session=False)
+        )
+    else:
+        session.execute(select(User.id).where(User.name == owner).with_for_update())
+
+
 def limits_for(session: Session, owner: str, settings: Settings, *, lock: bool = False) -> Limits:
     """The owner's limits: the settings' defaults with the user's overrides.
 
-    lock=True holds the user's row until the transaction ends (PostgreSQL), so two submits
-    of one owner are checked one after the other.
+    lock=True first takes the owner's write lock (``lock_owner``) until the transaction
+    ends, so two submits or uploads of one owner are checked one after the other.
     """
-    query = select(User).where(User.name == owner)
     if lock:
-        query = query.with_for_update()
-    user = session.scalars(query).one_or_none()
+        lock_owner(session, owner)
+    user = session.scalars(select(User).where(User.name == owner)).one_or_none()
     defaults = Limits.defaults(settings)
     return defaults.with_overrides(user.limits) if user is not None else defaults
 
