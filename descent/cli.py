@@ -3,7 +3,8 @@
     descent serve     the embedded default: migrate, one worker, the API (one command)
     descent migrate   bring the database to the latest schema (production: run once per deploy)
     descent api       the HTTP API only (production)
-    descent worker    one Celery worker (production: one per GPU, or CPU)
+    descent worker    one Celery worker process, one job at a time (production: one per GPU,
+                      and as many as wanted for CPU; the container runtime restarts it)
 
 and the user's commands, which talk to a running service (descent/commands.py):
 submit, jobs, show, metrics, cancel, download; and the admin's (descent/admin.py):
@@ -18,22 +19,32 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 API_APP = "api.main:app"
 CELERY_APP = "worker.app:celery_app"
-# How long a stopping worker may spend on its running task before it is stopped cold;
-# the job then resumes from its last checkpoint on the next start.
+# How long a stopping worker may spend on its running task before it is killed; the job
+# then resumes from its last checkpoint on the next start.
 WORKER_GRACE_SECONDS = 10.0
+# `descent serve` starts its worker again when it dies (the kernel's OOM killer, a crash):
+# after 1 s, doubling up to 60 s while it keeps dying within a minute of its start.
+RESTART_BACKOFF_SECONDS = (1.0, 60.0)
+RESTART_STABLE_SECONDS = 60.0
 # How long a stopping API waits for open requests: an event stream stays open as long as its
 # job runs, so it is cut after this (its client reconnects with Last-Event-ID, missing nothing).
 SHUTDOWN_GRACE_SECONDS = 5
 
 
-def worker_command(queues: str, concurrency: int, name: str) -> list[str]:
+def worker_command(queues: str, name: str) -> list[str]:
+    """A Celery worker whose solo pool runs each task in the worker's own process, one at a
+    time. No pool child to lose: with a prefork pool, a child killed while idle (as the OOM
+    killer does) left the worker receiving tasks and never running one. A killed solo worker
+    is simply gone; its supervisor starts it again, and the job's lease, once stale, lets the
+    sweeper queue the job again to resume from its last checkpoint."""
     return [
-        sys.executable, "-m", "celery", "-A", CELERY_APP, "worker",
-        "-Q", queues, "--concurrency", str(concurrency), "--loglevel", "INFO", "-n", name,
+        sys.executable, "-m", "celery", "-A", CELERY_APP, "worker", "--pool", "solo",
+        "-Q", queues, "--loglevel", "INFO", "-n", name,
     ]  # fmt: skip
 
 
@@ -66,7 +77,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     # Replace this process, so the container's stop signal reaches Celery itself.
-    command = worker_command(args.queues, args.concurrency, args.name)
+    command = worker_command(args.queues, args.name)
     os.execv(command[0], command)
     return 0  # not reached
 
@@ -79,57 +90,100 @@ def _raise_stop(signum: int, _frame: object) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-def _die_with_parent() -> None:
-    """In the worker's child process, before exec: stop cold if `descent serve` is killed."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _parent_death_signal() -> Callable[[], None] | None:
+    """For the worker's child process, before exec: be killed when `descent serve` dies.
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGQUIT)
+    Linux sends it when the *thread* that started the child ends: the supervisor's thread,
+    which lives as long as the worker it waits on. libc is looked up here, in the parent, so
+    that the forked child only makes one call before exec."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
 
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
 
-def _start_worker(settings_env: dict[str, str], queues: str) -> subprocess.Popen[bytes]:
-    command = worker_command(queues, 1, "descent-embedded@%h")
-    # Its own session: a Ctrl-C in the terminal reaches only `descent serve`, which then
-    # stops the worker in order (warm first, cold after a grace period).
-    return subprocess.Popen(
-        command,
-        env={**os.environ, **settings_env},
-        start_new_session=True,
-        preexec_fn=_die_with_parent,  # safe here: no other thread runs yet
-    )
+    def set_signal() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    return set_signal
 
 
-def _watch_worker(proc: subprocess.Popen[bytes], stopping: threading.Event) -> None:
-    code = proc.wait()
-    if not stopping.is_set():
-        print(
-            f"descent: the worker stopped (exit code {code}); jobs stay queued until a worker "
-            "runs again (restart `descent serve`, or run `descent worker --queues cpu,gpu`)",
-            file=sys.stderr,
-            flush=True,
-        )
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
-def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    print(
-        f"descent: stopping the worker; a running job gets {WORKER_GRACE_SECONDS:.0f} s, "
-        "then resumes from its last checkpoint at the next start",
-        file=sys.stderr,
-        flush=True,
-    )
-    # SIGTERM is Celery's warm shutdown (finish the running task), SIGQUIT its cold one.
-    for sig in (signal.SIGTERM, signal.SIGQUIT):
-        proc.send_signal(sig)
-        try:
-            proc.wait(WORKER_GRACE_SECONDS)
+class WorkerSupervisor(threading.Thread):
+    """Runs the embedded worker, and starts it again whenever it dies, with a backoff.
+
+    A job the dead worker was running is still marked running under its lease; once the
+    lease is stale, the new worker's sweeper queues it again, and it resumes from its last
+    checkpoint (its attempt counts one more)."""
+
+    def __init__(self, env: dict[str, str], queues: str) -> None:
+        super().__init__(name="descent-worker-supervisor", daemon=True)
+        self.env, self.queues = env, queues
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._preexec = _parent_death_signal()
+
+    def _start(self) -> subprocess.Popen[bytes] | None:
+        with self.lock:
+            if self.stopping.is_set():
+                return None
+            # Its own session: a Ctrl-C in the terminal reaches only `descent serve`, which
+            # then stops the worker in order (warm first, killed after a grace period).
+            self.process = subprocess.Popen(
+                worker_command(self.queues, "descent-embedded@%h"),
+                env={**os.environ, **self.env},
+                start_new_session=True,
+                preexec_fn=self._preexec,
+            )
+        _say(f"worker started (pid {self.process.pid})")
+        return self.process
+
+    def run(self) -> None:
+        delay = RESTART_BACKOFF_SECONDS[0]
+        while (process := self._start()) is not None:
+            started = time.monotonic()
+            code = process.wait()
+            if self.stopping.is_set():
+                return
+            if time.monotonic() - started >= RESTART_STABLE_SECONDS:
+                delay = RESTART_BACKOFF_SECONDS[0]
+            _say(
+                f"the worker stopped ({_exit_reason(code)}); starting it again in {delay:.0f} s "
+                "(a job it was running resumes from its last checkpoint)"
+            )
+            if self.stopping.wait(delay):
+                return
+            delay = min(delay * 2, RESTART_BACKOFF_SECONDS[1])
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM: the running task may finish) for WORKER_GRACE_SECONDS,
+        then SIGKILL. The solo pool runs the task in the worker's main thread, where Celery's
+        cold shutdown (SIGQUIT) only takes effect once the task returns."""
+        with self.lock:
+            self.stopping.set()
+            process = self.process
+        if process is None or process.poll() is not None:
             return
-        except subprocess.TimeoutExpired:
-            pass
-    proc.kill()
-    proc.wait()
+        _say(
+            f"stopping the worker; a running job gets {WORKER_GRACE_SECONDS:.0f} s, "
+            "then resumes from its last checkpoint at the next start"
+        )
+        process.send_signal(signal.SIGTERM)
+        self.join(WORKER_GRACE_SECONDS)
+        if self.is_alive():
+            process.kill()
+            self.join()
+
+
+def _say(message: str) -> None:
+    print(f"descent: {message}", file=sys.stderr, flush=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -138,20 +192,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    worker: subprocess.Popen[bytes] | None = None
-    stopping = threading.Event()
+    supervisor: WorkerSupervisor | None = None
     try:
         upgrade()
         from descent.admin import serve_token
 
         serve_token(settings.data_dir)
         if not args.no_worker:
-            worker = _start_worker(
+            supervisor = WorkerSupervisor(
                 {"DESCENT_DATA_DIR": str(settings.data_dir)},
                 f"{settings.cpu_queue},{settings.gpu_queue}",
             )
-            print(f"descent: worker started (pid {worker.pid})", file=sys.stderr, flush=True)
-            threading.Thread(target=_watch_worker, args=(worker, stopping), daemon=True).start()
+            supervisor.start()
         print(
             f"Descent on http://{args.host}:{args.port} (API docs at /docs); "
             f"data in {settings.data_dir}",
@@ -169,11 +221,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except _Stop:
         pass
     finally:
-        stopping.set()
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)  # let the worker stop in order
-        if worker is not None:
-            _stop_worker(worker)
+        if supervisor is not None:
+            supervisor.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
@@ -205,9 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.set_defaults(func=cmd_api)
 
-    p = sub.add_parser("worker", help="run one Celery worker (production)")
+    p = sub.add_parser(
+        "worker",
+        help="run one Celery worker (production)",
+        description="One worker process, running one job at a time in its own process (Celery's "
+        "solo pool): run as many workers as jobs should run at once, under a supervisor that "
+        "starts a dead one again (compose's restart policy, systemd).",
+    )
     p.add_argument("--queues", default="cpu", help="comma-separated: cpu, gpu (default: cpu)")
-    p.add_argument("--concurrency", type=int, default=1, help="jobs run at once (default: 1)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        choices=[1],
+        default=1,
+        help="jobs run at once: always 1 (kept for older command lines; run more workers)",
+    )
     p.add_argument("--name", default="descent@%h", help="Celery node name (default: descent@%%h)")
     p.set_defaults(func=cmd_worker)
 

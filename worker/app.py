@@ -1,5 +1,7 @@
-"""The worker's Celery app: ``celery -A worker.app worker -Q cpu`` (or ``-Q gpu``)."""
+"""The worker's Celery app: ``celery -A worker.app worker --pool solo -Q cpu`` (or ``-Q gpu``),
+as ``descent worker`` starts it: each job runs in the worker's own process, one at a time."""
 
+import logging
 from typing import Any
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
@@ -17,12 +19,14 @@ import torch._dynamo  # noqa: E402,F401
 import worker.gpu  # noqa: E402,F401  (gpu-queue workers need CUDA; DESCENT_WORKER_THREADS)
 import worker.tasks  # noqa: E402,F401  (registers the tasks)
 
+log = logging.getLogger(__name__)
 _sweeper: Any = None
 
 
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
-    """In each pool process Celery forks: never reuse a connection of the parent's."""
+    """In each pool process Celery forks: never reuse a connection of the parent's (the
+    solo pool forks none, and sends this once in the worker itself)."""
     from store import db
 
     if db.get_engine.cache_info().currsize:
@@ -42,8 +46,45 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
     def send(job_id: str, queue: str) -> None:
         app.send_task(TRAIN_TASK, args=[job_id], queue=queue)
 
-    _sweeper = Sweeper(make_engine(settings.database_url, pooled=False), send, settings)
+    engine = make_engine(settings.database_url, pooled=False)
+    node = getattr(sender, "hostname", None)
+    if node:
+        try:
+            release_dead_leases(engine, node)
+        except Exception as exc:  # noqa: BLE001 - the leases then time out as usual
+            log.warning("could not check the leases of this node's earlier workers: %s", exc)
+    _sweeper = Sweeper(engine, send, settings)
     _sweeper.start()
+
+
+def release_dead_leases(engine: Any, node: str) -> list[str]:
+    """A worker started again on this node (after a crash, or the OOM killer) releases the
+    leases its dead predecessors held, so that the sweeper resumes their jobs at once instead
+    of after the lease timeout. Returns the ids of those jobs."""
+    from sqlalchemy import select, update
+
+    from store.models import Job, JobStatus
+    from worker.runner import _holder_is_dead_here, worker_identity
+
+    me = worker_identity(node)
+    released = []
+    with engine.begin() as conn:
+        held = conn.execute(
+            select(Job.id, Job.worker).where(
+                Job.status == JobStatus.RUNNING, Job.worker.startswith(f"{node}/", autoescape=True)
+            )
+        ).all()
+        for job_id, holder in held:
+            if not _holder_is_dead_here(holder, me):
+                continue
+            conn.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker == holder, Job.status == JobStatus.RUNNING)
+                .values(heartbeat_at=None)
+            )
+            log.warning("job %s: its worker %s is gone; the sweeper resumes it", job_id, holder)
+            released.append(job_id)
+    return released
 
 
 @worker_shutdown.connect

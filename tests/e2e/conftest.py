@@ -3,14 +3,30 @@
 - ``embedded``: ``python -m descent serve`` — SQLite, the SQLAlchemy broker transport and one
   worker process, in a temporary data folder.
 - ``redis``: PostgreSQL + Redis, in this run's own database and Redis key space.
+
+A failing test's report ends with the log tails of the services it used (its API's and its
+workers'), or of every running one.
 """
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import pytest
 
 from tests.conftest import postgres_database
-from tests.e2e.service import Service, running, start_embedded, start_production
+from tests.e2e.service import LIVE, Service, running, start_embedded, start_production
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[Any]:
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    funcargs = getattr(item, "funcargs", {})
+    services = [v for v in funcargs.values() if isinstance(v, Service)] or list(LIVE)
+    for service in services:
+        report.sections.append((f"service logs ({service.url}, {service.logs})", service.tail()))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +18,12 @@ from typing import Any
 
 import httpx
 
+from tests.timing import scaled, wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled"}
+# Every service started and not yet stopped: a failing test shows their log tails.
+LIVE: list["Service"] = []
 
 
 def free_port() -> int:
@@ -39,7 +42,8 @@ class Service:
     token_file: Path | None = None
 
     def __post_init__(self) -> None:
-        self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.http = httpx.Client(base_url=self.url, timeout=scaled(30))
+        LIVE.append(self)
 
     def authorize(self, token: str) -> None:
         """Send this API token with every request of ``self.http``."""
@@ -55,34 +59,48 @@ class Service:
         assert response.status_code == 200, response.text
         return response.json()
 
-    def wait(self, job_id: str, until: Any = None, timeout: float = 90) -> dict[str, Any]:
-        """Poll the job until ``until(job)`` holds (default: it has ended)."""
+    def wait(
+        self, job_id: str, until: Any = None, timeout: float = 90, what: str = ""
+    ) -> dict[str, Any]:
+        """Poll the job until ``until(job)`` holds (default: it has ended); ``timeout`` is
+        scaled with the machine, ``what`` names the awaited state in a failure."""
+        what = what or ("to end" if until is None else "to reach the awaited state")
         until = until or (lambda job: job["status"] in TERMINAL)
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.job(job_id)
-            if until(job):
-                return job
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting on job {job_id}: {job}\n{self.tail()}")
-            time.sleep(0.05)
+        last: dict[str, Any] = {}
+
+        def check() -> dict[str, Any] | None:
+            last.update(self.job(job_id))
+            return dict(last) if until(last) else None
+
+        return wait_for(
+            f"job {job_id} {what}",
+            check,
+            timeout,
+            detail=lambda: f"its last state: {last}\n{self.tail()}",
+        )
 
     def metrics(self, job_id: str, **params: Any) -> list[dict[str, Any]]:
-        """Every epoch record, following the cursor."""
+        """Every epoch record so far, following the cursor until a page brings nothing new."""
         items: list[dict[str, Any]] = []
         after = params.pop("after", 0)
-        while True:
+        for _ in range(100_000):
             response = self.http.get(
                 f"/v1/jobs/{job_id}/metrics", params={"after": after, **params}
             )
             assert response.status_code == 200, response.text
             page = response.json()
             items += page["items"]
-            if page["next"] is None:
+            if not page["items"] or page["next"] is None or page["next"] == after:
                 return items
             after = page["next"]
+        raise AssertionError(f"the metrics cursor of job {job_id} never ended")
+
+    def log_text(self) -> str:
+        """Every log of this service, concatenated (the embedded worker logs into serve's)."""
+        return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
 
     def tail(self, lines: int = 60) -> str:
+        """The last lines of each of this service's logs (its API's and its workers')."""
         out = []
         for path in sorted(self.logs.glob("*.log")):
             text = path.read_text(errors="replace").splitlines()[-lines:]
@@ -103,41 +121,43 @@ class Service:
         return process
 
     def wait_healthy(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
             for process in self.processes:
                 if process.poll() is not None:
                     raise RuntimeError(
                         f"service process exited {process.returncode}\n{self.tail()}"
                     )
             try:
-                if self.http.get("/healthz").status_code == 200:
-                    if self.token_file is not None and "authorization" not in self.http.headers:
-                        self.authorize(self.token_file.read_text().strip())
-                    return
+                if self.http.get("/healthz").status_code != 200:
+                    return False
             except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"service did not become healthy\n{self.tail()}")
+                return False
+            if self.token_file is not None and "authorization" not in self.http.headers:
+                self.authorize(self.token_file.read_text().strip())
+            return True
 
-    def worker_ready(self, timeout: float = 120) -> None:
+        wait_for(f"the service at {self.url} to answer /healthz", healthy, timeout,
+                 interval=0.1, detail=self.tail)  # fmt: skip
+
+    def worker_ready(self, timeout: float = 120, count: int = 1) -> None:
         """Celery logs 'ready.' once it consumes; jobs sent earlier still wait, but tests
-        that time things should not count the worker's start-up."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any("ready." in p.read_text(errors="replace") for p in self.logs.glob("*.log")):
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"worker never became ready\n{self.tail()}")
+        that time things should not count the worker's start-up. ``count``: how many worker
+        starts to wait for (a restarted worker logs it again)."""
+        wait_for(f"{count} worker start(s) ('ready.' in the logs)",
+                 lambda: self.log_text().count("ready.") >= count, timeout,
+                 interval=0.1, detail=self.tail)  # fmt: skip
 
     def stop(self) -> None:
+        if self in LIVE:
+            LIVE.remove(self)
         self.http.close()
         for process in self.processes:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
         for process in self.processes:
             try:
-                process.wait(timeout=20)
+                # `descent serve` gives its worker's running job 10 s before killing it.
+                process.wait(timeout=scaled(30))
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
@@ -191,22 +211,8 @@ def start_production(root: Path, database_url: str, redis_url: str, prefix: str)
     service = Service(f"http://127.0.0.1:{port}", env, root)
     subprocess.run([sys.executable, "-m", "descent", "migrate"], cwd=ROOT, env=env, check=True)
     service.authorize(make_token(env, "e2e"))
-    service.start(
-        "worker",
-        "-m",
-        "celery",
-        "-A",
-        "worker.app",
-        "worker",
-        "-Q",
-        "cpu,gpu",
-        "--concurrency",
-        "1",
-        "--loglevel",
-        "INFO",
-        "-n",
-        f"e2e-{port}@%h",
-    )
+    service.start("worker", "-m", "descent", "worker", "--queues", "cpu,gpu",
+                  "--name", f"e2e-{port}@%h")  # fmt: skip
     service.start(
         "api", "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)
     )

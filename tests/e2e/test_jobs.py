@@ -1,13 +1,13 @@
 """One training job through the whole service: HTTP → broker → worker → database → HTTP."""
 
 import hashlib
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.service import Service
+from tests.timing import wait_for
 
 
 def digits_mlp(**overrides: Any) -> dict[str, Any]:
@@ -34,16 +34,18 @@ def test_job_trains_and_its_best_checkpoint_reproduces_val_loss(
 
     # Poll the way a client does: each poll asks only for epochs after the last one seen.
     seen: list[dict[str, Any]] = []
-    while True:
+
+    def poll() -> bool:
         # The job first: once it reads as ended, every epoch it wrote is committed already.
         state = service.job(job["id"])
         after = seen[-1]["epoch"] if seen else 0
         page = service.http.get(f"/v1/jobs/{job['id']}/metrics", params={"after": after}).json()
-        seen += page["items"]
+        seen.extend(page["items"])
         done = state["status"] in ("succeeded", "failed", "cancelled")
-        if done and (seen[-1]["epoch"] if seen else 0) == state["epoch"]:
-            break
-        time.sleep(0.05)
+        return done and (seen[-1]["epoch"] if seen else 0) == state["epoch"]
+
+    wait_for(f"job {job['id']} to end with every epoch polled", poll, 90,
+             detail=lambda: f"epochs seen: {[item['epoch'] for item in seen]}")  # fmt: skip
     final = service.job(job["id"])
     assert final["status"] == "succeeded", final
     assert final["stop"]["reason"] == "max_epochs"
@@ -129,7 +131,7 @@ def test_cancel_stops_a_running_job_and_keeps_its_history(service: Service) -> N
     service.wait(job["id"], until=lambda j: j["status"] == "running" and j["epoch"] >= 2)
     response = service.http.post(f"/v1/jobs/{job['id']}/cancel")
     assert response.status_code == 202
-    final = service.wait(job["id"], timeout=10)
+    final = service.wait(job["id"], timeout=10, what="to stop once cancelled")
     assert final["status"] == "cancelled"
     assert final["stop"]["reason"] == "cancelled"
     history = service.metrics(job["id"])
@@ -149,7 +151,11 @@ def test_cancel_of_a_queued_job_means_it_never_starts(embedded_service: Service)
     assert response.status_code == 202 and response.json()["status"] == "cancelled"
     embedded_service.http.post(f"/v1/jobs/{running['id']}/cancel")
     embedded_service.wait(running["id"])
-    time.sleep(0.5)  # the worker now receives the cancelled job's task and must skip it
+    # The worker now receives the cancelled job's task, and must skip it.
+    skipped = f"job {queued['id']} has already cancelled; this delivery does nothing"
+    wait_for("the worker to skip the cancelled job's delivery",
+             lambda: skipped in embedded_service.log_text(), 30,
+             detail=embedded_service.tail)  # fmt: skip
     final = embedded_service.job(queued["id"])
     assert final["status"] == "cancelled" and final["started_at"] is None and final["epoch"] == 0
     assert embedded_service.metrics(queued["id"]) == []
