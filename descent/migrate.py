@@ -20,10 +20,6 @@ log = logging.getLogger(__name__)
 # How long `descent migrate` waits for a database that does not answer yet (a PostgreSQL
 # container on its first start), in seconds.
 DATABASE_WAIT_SECONDS = 120.0
-# PostgreSQL's "the database system is starting up"; a connection error without a SQLSTATE
-# (refused, unreachable) is also worth another try. Any other error (a wrong password, a
-# missing database) fails at once with its reason.
-_RETRIED_SQLSTATES = {None, "57P03"}
 
 
 def alembic_config() -> Config:
@@ -33,10 +29,21 @@ def alembic_config() -> Config:
     return config
 
 
+def worth_waiting(error: OperationalError) -> bool:
+    """A server not listening yet (refused, unreachable) or starting up is worth another try;
+    one that answers no (a wrong password, a missing database) is not: it fails at once."""
+    message = str(error.orig)
+    if "FATAL" not in message:
+        return True
+    return "starting up" in message or "not yet accepting connections" in message
+
+
 def wait_for_database(url: str, timeout: float = DATABASE_WAIT_SECONDS) -> None:
     """Return once the database accepts a connection; raise its error after ``timeout``."""
     from store.db import make_engine
 
+    if make_url(url).get_backend_name() == "sqlite":
+        return  # a file: nothing to wait for
     engine = make_engine(url, pooled=False)
     deadline = time.monotonic() + timeout
     delay = 0.25
@@ -46,15 +53,14 @@ def wait_for_database(url: str, timeout: float = DATABASE_WAIT_SECONDS) -> None:
                 with engine.connect():
                     return
             except OperationalError as exc:
-                retried = getattr(exc.orig, "sqlstate", None) in _RETRIED_SQLSTATES
-                if not retried or time.monotonic() + delay > deadline:
+                if not worth_waiting(exc) or time.monotonic() + delay > deadline:
                     raise
-                shown = make_url(url).render_as_string(hide_password=True)
-                reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
                 log.warning(
                     "descent: waiting for the database at %s (%s); giving up in %.0f s",
-                    shown, reason, deadline - time.monotonic(),
-                )  # fmt: skip
+                    make_url(url).render_as_string(hide_password=True),
+                    str(exc.orig).strip().splitlines()[0],
+                    deadline - time.monotonic(),
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
     finally:

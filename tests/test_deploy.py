@@ -1,14 +1,19 @@
 """The ways to run the service agree with each other: the README's commands, the Makefile,
 .ci/run, the Dockerfile, docker-compose.yml and the `descent` command line."""
 
+import contextlib
 import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import sysconfig
+import threading
 import time
 import tomllib
 import urllib.request
@@ -403,3 +408,146 @@ def test_serve_reports_a_worker_that_dies(serve: Serve) -> None:
     wait_for(lambda: "the worker stopped" in serve.stderr(), 60, "the notice on stderr")
     assert serve.healthy()  # the API keeps serving
     assert serve.stop() == 0, serve.stderr()
+
+
+def copy_source(destination: Path) -> Path:
+    """The project's files, without what a build or a run leaves behind."""
+    ignored = shutil.ignore_patterns(
+        ".git", ".venv", "data", "build", "dist", "*.egg-info", "__pycache__", "test-artifacts",
+        ".*_cache", "tests",
+    )  # fmt: skip
+    return Path(shutil.copytree(ROOT, destination, ignore=ignored))
+
+
+def test_migrate_works_from_a_built_wheel(tmp_path: Path) -> None:
+    """`descent migrate` from an installed wheel, with no checkout in sight."""
+    source = copy_source(tmp_path / "source")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         str(source), "-w", str(tmp_path / "dist")],
+        check=True, capture_output=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    [wheel] = (tmp_path / "dist").glob("descent-*.whl")
+    # A fresh environment holding the wheel alone; its dependencies come from this one
+    # (a path in a .pth file: this environment's own editable install is not loaded).
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (Path(site) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
+         str(wheel)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    shutil.rmtree(source)  # nothing of the checkout is left to fall back on
+
+    run = tmp_path / "run"
+    run.mkdir()
+    result = subprocess.run(
+        [venv / "bin" / "descent", "migrate"],
+        capture_output=True, text=True, timeout=120, cwd=run, env=embedded_env(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "data" / "descent.db") as db:
+        tables = {row[0] for row in db.execute("select name from sqlite_master")}
+    assert {"alembic_version", "jobs", "metrics", "checkpoints", "users"} <= tables
+
+
+class Forward:
+    """Forwards connections to ``port`` to ``target``, once started (a server coming up)."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.port, self.target = port, target
+        self.server: socket.socket | None = None
+
+    def start(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self.server is not None
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (a, b):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def migrate(database_url: str, tmp_path: Path) -> subprocess.Popen[str]:
+    env = {**embedded_env(tmp_path), "DATABASE_URL": database_url}
+    with (tmp_path / "migrate.err").open("w") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "descent", "migrate"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )  # fmt: skip
+
+
+def test_migrate_waits_for_a_database_that_is_not_listening_yet(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Compose's first boot: migrate starts before PostgreSQL accepts TCP connections."""
+    url = make_url(postgres_url)
+    port = free_port()
+    forward = Forward(port, (url.host or "127.0.0.1", url.port or 5432))
+    process = migrate(url.set(port=port).render_as_string(hide_password=False), tmp_path)
+    err = tmp_path / "migrate.err"
+    try:
+        # Refused: it says so and tries again (it used to fail at once, and compose gave up).
+        wait_for(
+            lambda: process.poll() is not None or "waiting for the database" in err.read_text(),
+            60, "migrate to report the refused connection",
+        )  # fmt: skip
+        assert process.poll() is None, err.read_text()
+        assert "refused" in err.read_text()
+        forward.start()  # the server is up
+        stdout, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, err.read_text()
+        assert "latest schema" in stdout
+    finally:
+        forward.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    engine = make_engine(postgres_url, pooled=False)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("select version_num from alembic_version")).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_migrate_does_not_wait_for_a_database_that_answers_no(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    missing = make_url(postgres_url).set(database="descent_no_such_database")
+    started = time.monotonic()
+    process = migrate(missing.render_as_string(hide_password=False), tmp_path)
+    process.communicate(timeout=120)
+    err = (tmp_path / "migrate.err").read_text()
+    assert process.returncode != 0
+    assert "descent_no_such_database" in err and "does not exist" in err
+    assert "waiting for the database" not in err
+    assert time.monotonic() - started < 60  # well under the 120 s it waits for a refused one
