@@ -1,3 +1,4 @@
+import importlib.util
 import json
 from pathlib import Path
 
@@ -32,3 +33,19 @@ def test_transfer_examples_are_valid(path: Path) -> None:
     if spec.dataset.n_samples is not None:  # a generated dataset: a small one will do
         spec.dataset.n_samples = min(spec.dataset.n_samples, 100)
     assert Trainer(spec, device="cpu").setup().train().last_epoch == 1
+
+
+def test_the_transfer_script_writes_the_digits_as_an_image_folder(tmp_path: Path) -> None:
+    """`run.py --write-image-folder` gives the resnet18 examples an upload the service takes."""
+    from core import inspect_dataset
+
+    path = Path(__file__).parents[2] / "examples" / "transfer" / "run.py"
+    module_spec = importlib.util.spec_from_file_location("transfer_run", path)
+    assert module_spec is not None and module_spec.loader is not None
+    script = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(script)
+    archive = tmp_path / "digits.zip"
+    assert script.main(["--write-image-folder", str(archive)]) == 0
+    info = inspect_dataset(archive, "imagefolder")
+    assert info["n_samples"] == 1797 and info["num_classes"] == 10
+    assert info["image_shape"] == [1, 8, 8] and info["task"] == "classification"

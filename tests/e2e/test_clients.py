@@ -1,6 +1,7 @@
 """The clients against the running service: the CLI as a subprocess, the event stream over
 HTTP with a disconnect, the dashboard in headless Chromium, /metrics and plot.png."""
 
+import ast
 import hashlib
 import json
 import os
@@ -13,10 +14,12 @@ from typing import Any
 
 import httpx
 
+from descent.client import DescentClient
 from tests.conftest import unavailable
 from tests.e2e.chromium import Browser, find_chromium
 from tests.e2e.service import ROOT, TERMINAL, Service
 from tests.e2e.test_jobs import digits_mlp
+from tests.timing import scaled
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -27,23 +30,29 @@ def token_of(service: Service) -> str | None:
     return header.split(" ", 1)[1] if header else None
 
 
-def cli(
-    service: Service, *args: str, cwd: Path, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """``python -m descent ARGS`` as a user runs it, pointed at the service by environment."""
+def user_env(service: Service, cwd: Path) -> dict[str, str]:
+    """A user's environment pointed at the service (its URL and token), nothing else of ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DESCENT_")}
     env["DESCENT_URL"] = service.url
     env["DESCENT_DATA_DIR"] = str(cwd / "no-data")  # no stray token file from elsewhere
     token = token_of(service)
     if token:
         env["DESCENT_TOKEN"] = token
+    return env
+
+
+def cli(
+    service: Service, *args: str, cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m descent ARGS`` as a user runs it, pointed at the service by environment."""
+    env = user_env(service, cwd)
     return subprocess.run(
         [sys.executable, "-m", "descent", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=scaled(timeout),
     )
 
 
@@ -62,9 +71,10 @@ def test_cli_submits_follows_and_downloads_a_verified_checkpoint(
     )
     run = cli(service, "submit", str(spec), "--follow", cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
-    job_id, verdict = run.stdout.strip().splitlines()[0], run.stdout.strip().splitlines()[-1]
+    job_id, verdict, *diagnosis = run.stdout.strip().splitlines()
     assert re.fullmatch(r"[0-9a-f]{32}", job_id)
-    assert "succeeded" in verdict and "best val_loss" in verdict
+    assert verdict.startswith(f"cli-digits ({job_id}) succeeded: ") and "best val_loss" in verdict
+    assert re.fullmatch(r"diagnosis: [a-z ]+ \(final, after 5 epochs\)", diagnosis[0])
     # One progress line per epoch (stderr is not a terminal here), then the final status.
     epochs = re.findall(r"^epoch\s+(\d+)/5 \[", run.stderr, flags=re.M)
     assert epochs == ["1", "2", "3", "4", "5"], run.stderr
@@ -313,3 +323,122 @@ def parse_prometheus(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 def png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def readme_block(heading: str, language: str) -> str:
+    """The first ``language`` code block after ``heading`` in the README."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(heading)
+    match = re.compile(rf"^```{language}\n(.*?)^```$", re.M | re.S).search(readme, start)
+    assert match, f"no {language} block after {heading}"
+    return match.group(1)
+
+
+def test_the_readmes_example_runs_pasted_whole_and_its_checkpoint_reproduces_val_loss(
+    embedded_service: Service, tmp_path: Path
+) -> None:
+    """The README's example job as a newcomer pastes it: it waits for the job, every curl
+    succeeds, the checkpoint is the real file; then the README's snippet rebuilds it."""
+    service = embedded_service
+    script = readme_block("## An example job", "sh")
+    assert "wait" in script and "-OJ" not in script
+    assert all("-f" in line.split()[1] for line in script.splitlines() if line.startswith("curl"))
+    # The README's service is 127.0.0.1:8000 with the token in ./data; this one is elsewhere.
+    script = script.replace("http://127.0.0.1:8000", service.url)
+    script = script.replace(".venv/bin/descent", f"{sys.executable} -m descent")
+    script = script.replace('"epochs": 30', '"epochs": 3')  # a short run will do
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "token").write_text(token_of(service) or "")
+    env = {**user_env(service, tmp_path), "DESCENT_DATA_DIR": "data"}
+    env.pop("DESCENT_TOKEN", None)  # the README's commands read data/token
+    run = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", script],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=scaled(180),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr + service.tail()
+    job_id = re.search(r"\(([0-9a-f]{32})\) succeeded", run.stdout)
+    assert job_id, run.stdout
+    job = service.job(job_id.group(1))
+    assert job["status"] == "succeeded" and job["epoch"] == 3
+    assert "diagnosis: " in run.stdout
+    # The curl lines ran after the end: the job as it ended, all its epochs, the best file.
+    answers = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert answers[0]["status"] == "succeeded"
+    assert [e["epoch"] for e in answers[1]["items"]] == [1, 2, 3]
+    best = next(c for c in service.http.get(f"/v1/jobs/{job['id']}/checkpoints").json()["items"]
+                if c["is_best"])  # fmt: skip
+    saved = tmp_path / "best.safetensors"
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == best["sha256"]
+
+    snippet = readme_block("### Using a checkpoint", "python")
+    run = subprocess.run(
+        [sys.executable, "-c", snippet],
+        cwd=tmp_path, capture_output=True, text=True, timeout=scaled(120),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    measured = ast.literal_eval(run.stdout.strip().splitlines()[-1])  # what evaluate() gave
+    assert abs(measured["val_loss"] - job["best"]["value"]) < 1e-5, (measured, job["best"])
+
+
+def test_descent_wait_follows_a_job_to_its_end_and_says_how_it_ended(
+    embedded_service: Service, tmp_path: Path
+) -> None:
+    service = embedded_service
+    job = service.submit(digits_mlp(name="wait-for-me", training={"epochs": 4}))
+    run = cli(service, "wait", job["id"], cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert service.job(job["id"])["status"] == "succeeded"
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith(f"wait-for-me ({job['id']}) succeeded: ")
+    assert re.fullmatch(r"diagnosis: [a-z ]+ \(final, after 4 epochs\)", lines[1])
+    assert re.findall(r"^epoch\s+(\d+)/4 \[", run.stderr, flags=re.M) == ["1", "2", "3", "4"]
+
+    # `show` prints the same diagnosis readably: no raw JSON, no long run of numbers.
+    shown = cli(service, "show", job["id"], cwd=tmp_path).stdout
+    assert "\n".join(lines[1:]) in shown
+    assert "{" not in shown and "[" not in shown
+    assert all(len(re.findall(r"\d+\.\d+", line)) <= 8 for line in shown.splitlines())
+
+    # A job that does not succeed: exit status 1, and the verdict says why.
+    long = service.submit(digits_mlp(name="wait-cancelled", training={"epochs": 500}))
+    assert service.http.post(f"/v1/jobs/{long['id']}/cancel").status_code == 202
+    run = cli(service, "wait", long["id"], "--quiet", cwd=tmp_path)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stdout.startswith(f"wait-cancelled ({long['id']}) cancelled")
+    assert run.stderr == ""
+    run = cli(service, "wait", "0123456789abcdef0123456789abcdef", cwd=tmp_path)
+    assert run.returncode == 1 and "error 404" in run.stderr
+
+
+def test_the_client_polls_metrics_by_cursor_with_no_epoch_lost_or_repeated(
+    embedded_service: Service,
+) -> None:
+    service = embedded_service
+    job = service.submit(digits_mlp(name="poll-me", training={"epochs": 25}))
+    with DescentClient(service.url, token=token_of(service) or "") as client:
+        seen = [record["epoch"] for record in client.poll_metrics(job["id"], interval=0.05)]
+        final = client.job(job["id"])
+        assert client.metrics(job["id"], after=20) == service.metrics(job["id"], after=20)
+    assert final["status"] == "succeeded"
+    assert seen == list(range(1, 26))
+
+
+def test_the_transfer_example_runs_the_autoencoder_then_the_classifier_on_its_encoder(
+    embedded_service: Service, tmp_path: Path
+) -> None:
+    service = embedded_service
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "transfer" / "run.py"), "--epochs", "2"],
+        cwd=tmp_path, env=user_env(service, tmp_path), capture_output=True, text=True,
+        timeout=scaled(240),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr + service.tail()
+    ids = re.findall(r"^submitted \S+: ([0-9a-f]{32})$", run.stderr, flags=re.M)
+    assert len(ids) == 2, run.stderr
+    encoder, classifier = (service.job(job_id) for job_id in ids)
+    assert encoder["spec"]["task"] == "reconstruction" and encoder["status"] == "succeeded"
+    assert classifier["spec"]["backbone"]["from_job"] == encoder["id"]
+    assert classifier["status"] == "succeeded" and classifier["epoch"] == 2
+    assert classifier["parameters"]["trainable"] > 0
+    verdicts = [line for line in run.stdout.splitlines() if f"({classifier['id']}) " in line]
+    assert verdicts and "succeeded" in verdicts[0]
