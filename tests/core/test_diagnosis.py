@@ -291,3 +291,33 @@ def test_regularizers_and_the_stopping_rule_are_kept_apart() -> None:
     assert summary["stopping_rule"] == "early_stopping"
     assert "not a regularizer" in summary["note"]
     assert torch is not None
+
+
+def test_validation_accuracy_no_better_than_the_majority_baseline_is_underfitting() -> None:
+    # Training accuracy is high and the losses are flat: only the validation accuracy (0.33,
+    # below always predicting the majority class, 0.5) says the model has not learned.
+    history = [
+        {
+            "train_loss": 0.30,
+            "val_loss": 0.70,
+            "train_accuracy": 0.90,
+            "val_accuracy": 0.33,
+            "grad_norm": 0.1,
+        }
+        for _ in range(5)
+    ]
+    diagnosis = diagnose(
+        history, task="classification", majority_baseline=0.5, shared_samples=0, final=True
+    )
+    assert diagnosis["verdict"] == "underfitting"
+    below = diagnosis["evidence"]["below_baseline"]
+    assert below == {"epoch": 5, "majority_baseline": 0.5, "val_accuracy": 0.33}
+    assert (
+        "validation accuracy 0.330 is not above the majority-class baseline 0.500"
+        in (diagnosis["summary"])
+    )
+    history[-1]["val_accuracy"] = 0.51
+    better = diagnose(
+        history, task="classification", majority_baseline=0.5, shared_samples=0, final=True
+    )
+    assert better["verdict"] == "good_fit"

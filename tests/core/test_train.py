@@ -1,5 +1,7 @@
+import copy
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from core.checkpoint import load_state
 from core.errors import NonFiniteLoss, TrainingError
 from core.results import EpochRecord
 from core.spec import JobSpec
-from core.train import Trainer, TrainerHooks
+from core.train import Trainer, TrainerHooks, task_loss
 from tests.core.builders import make_spec, merge, spec_dict
 
 
@@ -304,3 +306,94 @@ def test_newton_converges_on_regularized_softmax_regression() -> None:
     objective = [h.metrics["train_loss"] + h.metrics["penalty"] for h in history]
     assert all(b < a for a, b in zip(objective, objective[1:5], strict=False)), objective
     assert history[-1].metrics["grad_norm"] < 1e-8  # quadratic convergence
+
+
+def test_full_batch_uses_every_row_when_batch_norm_would_leave_one_alone() -> None:
+    # iris: 120 training rows in chunks of 7 leave a last chunk of one row, which batch norm
+    # cannot normalize: it joins the chunk before (8 rows), and every row weighs 1/120.
+    spec = make_spec(
+        model={"hidden": [8], "norm": "batch"},
+        optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.0},
+        training={"epochs": 1, "full_batch": True, "batch_size": 7},
+    )
+    trainer = Trainer(spec, dtype=torch.float64).setup()
+    reference = copy.deepcopy(trainer.model)
+    x, y = trainer.data.x_train, trainer.data.y_train
+    assert len(x) == 120
+    grads: list[list[torch.Tensor]] = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args: Any, **kwargs: Any) -> Any:
+        grads.append([p.grad.clone() for p in trainer.model.parameters()])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step  # type: ignore[method-assign]
+    trainer.train()
+    chunks = [(s, s + 7) for s in range(0, 105, 7)] + [(112 - 7, 112), (112, 120)]
+    assert sum(e - s for s, e in chunks) == 120
+    objective = sum(
+        task_loss(reference(x[s:e]), y[s:e], "classification") * (e - s) / 120 for s, e in chunks
+    )
+    assert isinstance(objective, torch.Tensor)
+    objective.backward()
+    for got, p in zip(grads[0], reference.parameters(), strict=True):
+        assert p.grad is not None
+        assert torch.allclose(got, p.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_lbfgs_sees_the_same_dropout_masks_at_every_evaluation_of_a_step() -> None:
+    spec = make_spec(
+        model={"hidden": [16], "dropout": 0.5},
+        optimizer={"name": "lbfgs", "max_iter": 4},
+        training={"epochs": 2, "full_batch": True},
+    )
+    trainer = Trainer(spec, dtype=torch.float64).setup()
+    step = trainer.optimizer.step
+    values: list[tuple[float, float]] = []
+
+    def twice(closure: Any) -> Any:
+        values.append((float(closure()), float(closure())))  # same parameters, same function
+        return step(closure)
+
+    trainer.optimizer.step = twice  # type: ignore[method-assign]
+    trainer.train()
+    assert len(values) == 2
+    assert all(a == b for a, b in values), values
+    assert values[0] != values[1]  # and new masks for the next step
+
+
+class TrainAfterStep(TrainerHooks):
+    def __init__(self) -> None:
+        self.pairs: list[tuple[float, float, float, float]] = []
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        measured = {**trainer.evaluate("train"), **trainer.evaluate("val")}
+        metrics = record.metrics
+        self.pairs.append(
+            (
+                metrics["train_loss"],
+                measured["train_loss"],
+                metrics["val_loss"],
+                measured["val_loss"],
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"optimizer": {"name": "lbfgs"}},
+        {"optimizer": {"name": "sgd", "lr": 0.5}},
+        {"optimizer": {"name": "newton"}, "model": {"hidden": []}},
+    ],
+    ids=["lbfgs", "gd", "newton"],
+)
+def test_full_batch_epochs_report_train_and_val_loss_of_the_same_parameters(
+    changes: dict[str, Any],
+) -> None:
+    spec = make_spec(**merge({"training": {"epochs": 2, "full_batch": True}}, changes))
+    hooks = TrainAfterStep()
+    Trainer(spec, dtype=torch.float64, hooks=hooks).setup().train()
+    for train_loss, measured_train, val_loss, measured_val in hooks.pairs:
+        assert train_loss == pytest.approx(measured_train, rel=1e-12)
+        assert val_loss == pytest.approx(measured_val, rel=1e-12)
