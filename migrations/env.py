@@ -27,7 +27,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = make_engine(get_settings().database_url)
+    engine = make_engine(get_settings().database_url, bounded=False)  # no statement timeout
     with engine.connect() as connection:
         _run(connection)
     engine.dispose()

@@ -36,7 +36,7 @@ GRACE_SECONDS = 1.0
 
 def make_engine(url: str, *, pooled: bool = True, bounded: bool = True) -> Engine:
     """pooled=False keeps no connection open between uses (for a process that forks);
-    bounded=False sets no statement timeout (migrations, which may run long)."""
+    bounded=False sets no statement timeout on PostgreSQL (migrations, which may run long)."""
     settings = get_settings()
     parsed = make_url(url)
     pool_args: dict[str, Any] = (
@@ -55,7 +55,7 @@ def make_engine(url: str, *, pooled: bool = True, bounded: bool = True) -> Engin
         return create_engine(url, **pool_args)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    timeout = settings.database_timeout if bounded else 600.0
+    timeout = settings.database_timeout
     pool_args.pop("pool_pre_ping", None)  # a file needs no ping
     engine = create_engine(
         url, connect_args={"timeout": timeout, "check_same_thread": False}, **pool_args
