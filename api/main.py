@@ -27,6 +27,7 @@ from api.plots.routes import router as plots_router
 from api.queue import TaskQueue
 from api.uploads.routes import UPLOAD_PATHS
 from api.uploads.routes import router as uploads_router
+from api.uploads.service import sweep_staging
 from descent.settings import Settings, get_settings
 
 
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweep_staging(settings.artifacts_dir)  # what uploads killed mid-check left behind
         yield
         app.state.task_queue.close()
         app.state.telemetry.close()

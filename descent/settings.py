@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # An archive (an .npz dataset, an image folder's zip) may unpack to at most this many
     # bytes (zip bombs).
     max_unpacked_bytes: int = 2_000_000_000
+    # What an uploaded dataset may take decoded (image pixels, arrays, a CSV's numbers),
+    # counted from its headers before decoding (422 over it). Uploads are inspected in a
+    # child process limited to twice this plus 1 GiB of memory (413 past it).
+    upload_max_decoded_bytes: int = 1 << 30
     metrics_page_limit: int = 1000
 
     # Authentication: a token's owner is remembered this many seconds, so a revoked token

@@ -28,11 +28,14 @@ def npz_bytes(rows: int = 20) -> bytes:
     return buffer.getvalue()
 
 
-def png_bytes(colour: tuple[int, int, int], size: int = 32, seed: int = 0) -> bytes:
+def png_bytes(
+    colour: tuple[int, int, int], size: int = 32, seed: int = 0, noise: bool = True
+) -> bytes:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    pixels = np.clip(rng.normal(0, 20, (size, size, 3)) + colour, 0, 255).astype(np.uint8)
+    spread = rng.normal(0, 20, (size, size, 3)) if noise else np.zeros((size, size, 3))
+    pixels = np.clip(spread + colour, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()

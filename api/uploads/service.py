@@ -1,7 +1,12 @@
 """Uploads: checking, storing, listing and deleting an owner's datasets and weights."""
 
+import fcntl
+import hashlib
+import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -11,19 +16,18 @@ from sqlalchemy.orm import Session
 
 from api.db import on_commit
 from api.errors import InvalidParameter, NotFound, TooLarge
-from api.uploads.validate import (
-    Checked,
-    FormFieldError,
-    InvalidUpload,
-    check_dataset,
-    check_weights,
-)
+from api.uploads.inspect import inspect_upload
+from api.uploads.validate import Checked, FormFieldError, InvalidUpload
 from descent.settings import Settings
-from store.artifacts import atomic_copy, get_artifacts
+from store.artifacts import get_artifacts
 from store.models import Upload, new_id
 from store.users import limits_for, uploaded_bytes
 
+logger = logging.getLogger("api")
+
 KINDS = ("dataset", "weights")
+# An upload being checked is a hidden file with this suffix, in its kind's upload folder.
+STAGING_SUFFIX = ".checking"
 
 
 def remaining_bytes(session: Session, owner: str, settings: Settings) -> int:
@@ -48,7 +52,8 @@ def store_upload(
 
     The file is copied into the upload folder first (the inspectors read a path) under a
     name of its own, and renamed to its stored name only once it passed; a refused file is
-    deleted before the answer goes out.
+    deleted before the answer goes out, and one whose process was killed is swept away by
+    the next upload or the next start (sweep_staging).
     """
     assert kind in KINDS
     file.seek(0, 2)
@@ -58,15 +63,14 @@ def store_upload(
     _check_quota(session, owner, settings, size)  # before the work; again, locked, after it
     upload_id = new_id()
     artifacts = get_artifacts()
-    staging = artifacts.path(f"uploads/{kind}/.{upload_id}.checking")
-    sha256 = atomic_copy(file, staging)
-    try:
+    sweep_staging(artifacts.root)
+    staging = artifacts.path(f"uploads/{kind}/.{upload_id}{STAGING_SUFFIX}")
+    with _staged(staging) as fd:
+        sha256 = _copy(file, fd)
         checked = _check(kind, staging, target=target, arch=arch, settings=settings)
         relative = f"uploads/{kind}/{upload_id}.{checked.suffix}"
         path = artifacts.path(relative)
         os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
     try:
         _check_quota(session, owner, settings, size, lock=True)
         row = Upload(
@@ -92,15 +96,78 @@ def store_upload(
 def _check(
     kind: str, path: Path, *, target: str | None, arch: str | None, settings: Settings
 ) -> Checked:
-    """The core's verdict on the file: 422 naming the form field and the reason."""
+    """The core's verdict on the file, reached in a child process with a memory limit: 422
+    naming the form field and the reason (413 when the child runs out of memory)."""
     try:
-        if kind == "dataset":
-            return check_dataset(path, target=target, max_unpacked=settings.max_unpacked_bytes)
-        return check_weights(path, arch=arch)
+        return inspect_upload(
+            kind,
+            path,
+            target=target,
+            arch=arch,
+            max_unpacked_bytes=settings.max_unpacked_bytes,
+            max_decoded_bytes=settings.upload_max_decoded_bytes,
+        )
     except FormFieldError as exc:
         raise InvalidParameter.one(("body", exc.field), str(exc)) from None
     except InvalidUpload as exc:
         raise InvalidParameter.one(("body", "file"), str(exc)) from None
+
+
+@contextmanager
+def _staged(path: Path) -> Iterator[int]:
+    """A new file at ``path``, open for writing and locked while the upload is checked
+    (a lock the sweep cannot take marks a live upload; a killed one's goes with its
+    process); deleted on the way out unless it was moved to its stored name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:
+            break
+        os.close(fd)  # swept away between its creation and its lock: make it again
+    try:
+        yield fd
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)  # the lock goes last
+
+
+def _copy(source: BinaryIO, fd: int, chunk: int = 1 << 20) -> str:
+    """Copy the upload into the open file; the sha256 of what was written."""
+    digest = hashlib.sha256()
+    source.seek(0)
+    with os.fdopen(os.dup(fd), "wb") as out:
+        while block := source.read(chunk):
+            digest.update(block)
+            out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+    return digest.hexdigest()
+
+
+def sweep_staging(root: Path | None) -> list[Path]:
+    """Delete what uploads killed mid-check left in the upload folders (their staging
+    files, and the temp files of earlier versions): every hidden file there whose lock can
+    be taken. The API sweeps at start and before each upload."""
+    removed: list[Path] = []
+    for path in root.glob("uploads/*/.*") if root else ():
+        if not path.name.endswith((STAGING_SUFFIX, ".tmp")):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        except OSError:  # BlockingIOError: a live upload's
+            continue
+        finally:
+            os.close(fd)
+    if removed:
+        logger.info("swept %d staging files of interrupted uploads", len(removed))
+    return removed
 
 
 def _check_quota(

@@ -9,6 +9,8 @@ user sent, and nothing is extracted to disk.
 - weights: ``inspect_weights`` against the named torchvision architecture (safetensors, or a
   PyTorch state dict read only with ``torch.load(weights_only=True)``). It imports torch, so
   it is imported here only when a weights file arrives: the API starts without torch.
+
+Both run in a child process of their own (``api.uploads.inspect``), never in the API's.
 """
 
 from dataclasses import dataclass
@@ -55,7 +57,9 @@ def dataset_format(path: Path) -> str:
     return sniff_format(path)
 
 
-def check_dataset(path: Path, *, target: str | None, max_unpacked: int) -> Checked:
+def check_dataset(
+    path: Path, *, target: str | None, max_unpacked: int, max_decoded: int
+) -> Checked:
     from core.uploads import inspect_dataset
 
     format = dataset_format(path)
@@ -67,7 +71,9 @@ def check_dataset(path: Path, *, target: str | None, max_unpacked: int) -> Check
         raise FormFieldError(
             "target", f"target names a CSV column; this file is a {format} dataset"
         )
-    meta = inspect_dataset(path, format, target, max_unpacked_bytes=max_unpacked)
+    meta = inspect_dataset(
+        path, format, target, max_unpacked_bytes=max_unpacked, max_decoded_bytes=max_decoded
+    )
     return Checked(meta["format"], meta)
 
 

@@ -5,7 +5,9 @@ architecture; stored names made by the server."""
 
 import io
 import json
+import signal
 import struct
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,20 +16,29 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from api.errors import TooLarge
+from core.errors import InvalidUpload
 from descent.settings import Settings
 from store.artifacts import get_artifacts
 from store.db import session_scope
 from store.models import Upload
 from store.users import set_limits
 from tests.api.builders import bearer, make_user
+from tests.api.inspectors import allocate, crash, die, hang
 from tests.files import (
     Payload,
     csv_bytes,
+    declaring_less,
     imagefolder_zip,
+    needing_zip_version,
     npz_bytes,
     pickle_payload,
     png_bytes,
+    safetensors_forged,
     weights_bytes,
+    with_bad_crc,
+    with_corrupt_deflate,
+    with_unknown_method,
     zip_of,
 )
 
@@ -340,3 +351,186 @@ def test_upload_size_limit_and_owner_quota_are_413(
         assert "limit of 5000" in over.json()["detail"] or "quota" in over.json()["detail"]
         assert len(client.get("/v1/datasets").json()["items"]) == 1
         assert len(uploads_on_disk()) == 1
+
+
+# ------------------------------------------------------------------ corrupt files
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (
+            with_bad_crc(imagefolder_zip(per_class=2)),
+            "member 'red/0.png' cannot be read: Bad CRC-32",
+        ),
+        (
+            declaring_less(imagefolder_zip(per_class=2)),
+            "member 'red/0.png' cannot be read: Bad CRC-32",
+        ),
+        (needing_zip_version(npz_bytes()), "zip file version 9.9"),
+        (with_unknown_method(imagefolder_zip(per_class=2)), "compression method"),
+        (with_corrupt_deflate(npz_bytes(rows=200)), "Error -3 while decompressing"),
+    ],
+    ids=["bad-crc", "longer-than-declared", "zip-version", "compression-method", "deflate"],
+)
+def test_corrupt_archives_are_422_naming_the_problem(
+    client: TestClient, content: bytes, words: str
+) -> None:
+    refused(upload(client, "datasets", content, filename="broken.zip"), words)
+    assert client.get("/v1/datasets").json()["items"] == []
+    assert uploads_on_disk() == []
+
+
+def test_safetensors_shapes_past_int64_are_422(client: TestClient) -> None:
+    header = {"w": {"dtype": "F32", "shape": [0, 2**63], "data_offsets": [0, 0]}}
+    response = upload(client, "weights", safetensors_forged(header), arch="resnet18")
+    refused(response, "not a valid safetensors file", "'w' has the shape [0, 9223372036854775808]")
+    assert client.get("/v1/weights").json()["items"] == []
+    assert uploads_on_disk() == []
+
+
+# ------------------------------------------------------------------ resources
+
+
+def rss_rise(action: Callable[[], object]) -> int:
+    """How far this process's peak resident memory rose above where it stood while doing
+    ``action`` (the peak is reset first: Linux's /proc/self/clear_refs)."""
+
+    def status(key: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(key)
+
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pytest.skip("resetting the peak resident memory needs Linux's /proc/self/clear_refs")
+    before = status("VmRSS")
+    action()
+    return status("VmHWM") - before
+
+
+def grey_images_zip(count: int, side: int) -> bytes:
+    """``count`` flat grey PNGs of side x side RGB: a few kB each, far under the zip-bomb
+    floor, each decoding to side * side * 3 bytes."""
+    flat = png_bytes((90, 90, 90), size=side, seed=0, noise=False)
+    return zip_of({f"{c}/{i}.png": flat for c in ("a", "b") for i in range(count // 2)})
+
+
+def test_an_upload_is_decoded_outside_the_api_and_bounded_before_decoding(
+    configure: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from api.main import create_app
+    from tests.conftest import migrated
+
+    content = grey_images_zip(20, 2048)  # 240 MiB of pixels
+    assert len(content) < 700_000
+    big = b"a,b,c,label\n" + b"1.25,2.5,3.75,yes\n2.5,1.25,0.5,no\n" * 300_000  # 10 MB
+    settings = migrated(configure(DESCENT_DATA_DIR=str(tmp_path / "d")))
+    assert settings.upload_max_decoded_bytes == 1 << 30
+    with TestClient(create_app(settings), headers=bearer(make_user())) as client:
+        # The first upload starts the inspectors' fork server (a process of its own).
+        assert upload(client, "datasets", npz_bytes()).status_code == 201
+        responses = []
+        rise = rss_rise(lambda: responses.append(upload(client, "datasets", content)))
+        assert responses[0].status_code == 201, responses[0].text
+        assert responses[0].json()["info"]["image_shape"] == [3, 2048, 2048]
+        assert rise < 100 << 20, f"the API grew by {rise:,} bytes"
+        rise = rss_rise(lambda: responses.append(upload(client, "datasets", big, target="label")))
+        assert responses[1].status_code == 201, responses[1].text
+        assert responses[1].json()["info"]["n_samples"] == 600_000
+        assert rise < 100 << 20, f"the API grew by {rise:,} bytes"
+    # Over the setting: refused from the images' headers, with the numbers.
+    settings = migrated(
+        configure(
+            DESCENT_DATA_DIR=str(tmp_path / "e"), DESCENT_UPLOAD_MAX_DECODED_BYTES="100000000"
+        )
+    )
+    with TestClient(create_app(settings), headers=bearer(make_user())) as client:
+        refused(
+            upload(client, "datasets", content),
+            "the 20 images take 251,658,240 bytes decoded",
+            "at most 100,000,000 bytes",
+        )
+        assert uploads_on_disk() == []
+
+
+def test_an_inspection_out_of_memory_is_413_and_the_api_lives_on(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 48 MiB of arrays, well under the decoded-size setting, against an inspector allowed
+    # 16 MiB: the child's allocation fails there, not in the API.
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((4, 12 << 20), dtype=np.uint8), y=np.arange(4) % 2)
+    monkeypatch.setattr("api.uploads.inspect.memory_limit", lambda decoded: 16 << 20)
+    response = upload(client, "datasets", buffer.getvalue())
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"] == (
+        "inspecting the file needs more memory than the 16,777,216 bytes it may use; a "
+        "smaller file fits"
+    )
+    assert uploads_on_disk() == []
+    monkeypatch.undo()
+    assert upload(client, "datasets", npz_bytes()).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("function", "args", "error", "message"),
+    [
+        (allocate, (64,), TooLarge, "needs more memory than the 33,554,432 bytes it may use"),
+        (die, (signal.SIGKILL,), TooLarge, "stopped for running out of memory"),
+        (die, (signal.SIGSEGV,), InvalidUpload, "its reader ended with signal SIGSEGV"),
+        (hang, (60,), InvalidUpload, "took longer than 2 seconds"),
+        (crash, (), InvalidUpload, 'the file cannot be read: KeyError: "a reader\'s bug"'),
+    ],
+    ids=["memory-error", "oom-killed", "crashed", "timed-out", "raised"],
+)
+def test_an_inspector_that_fails_is_refused_never_a_500(
+    function: Callable[..., dict],
+    args: tuple,
+    error: type,
+    message: str,  # type: ignore[type-arg]
+) -> None:
+    from api.uploads.inspect import run_limited
+
+    assert run_limited(allocate, (8,), memory_bytes=32 << 20) == {"length": 8 << 20}
+    started = time.monotonic()
+    with pytest.raises(error) as info:
+        run_limited(function, args, memory_bytes=32 << 20, timeout=2 if function is hang else 120)
+    assert message in str(info.value)
+    assert time.monotonic() - started < 30
+
+
+def test_staging_files_of_killed_uploads_are_swept_at_start(
+    configure: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from api.main import create_app
+    from api.uploads.service import _staged
+    from tests.conftest import migrated
+
+    settings = migrated(configure(DESCENT_DATA_DIR=str(tmp_path / "d")))
+    assert settings.artifacts_dir is not None
+    folder = settings.artifacts_dir / "uploads" / "dataset"
+    folder.mkdir(parents=True)
+    # An upload killed while it was checked (its process gone, its lock with it), the temp
+    # file of a copy killed earlier on, and an upload another API process is checking now.
+    killed = folder / ".01killed.checking"
+    killed.write_bytes(bytes(8 << 20))
+    copying = folder / "..01copying.checking.x1y2.tmp"
+    copying.write_bytes(b"partial")
+    kept = [folder / "01stored.csv", folder / ".hidden-by-someone"]
+    for path in kept:
+        path.write_bytes(b"a,b\n")
+    with _staged(folder / ".01live.checking"):
+        with TestClient(create_app(settings), headers=bearer(make_user())):
+            assert not killed.exists() and not copying.exists()
+            assert all(path.exists() for path in kept)
+            assert (folder / ".01live.checking").exists()
+    assert not (folder / ".01live.checking").exists()
+    # One killed while the API runs is swept by the next upload.
+    killed.write_bytes(bytes(1 << 20))
+    with TestClient(create_app(settings), headers=bearer(make_user())) as client:
+        killed.write_bytes(bytes(1 << 20))
+        assert upload(client, "datasets", csv_bytes(), target="label").status_code == 201
+        assert not killed.exists()
