@@ -218,7 +218,7 @@ def test_dashboard_draws_a_running_job_live_in_chromium(embedded_service: Servic
     job = service.submit(spec)
     service.wait(job["id"], until=lambda j: j["status"] != "queued")
     token = token_of(service)
-    url = f"{service.url}/jobs/{job['id']}" + (f"?token={token}" if token else "")
+    url = f"{service.url}/jobs/{job['id']}" + (f"#token={token}" if token else "")
     shown: list[tuple[int, str]] = []
     browser = Browser(binary)
     try:

@@ -1,7 +1,8 @@
 // Descent dashboard: the job list at /, one job at /jobs/<id>. No framework, no build step.
 //
-// The token: open the page once as /?token=<token> (it is moved to sessionStorage and taken
-// out of the address bar), or type it in the form shown when the API answers 401. Every
+// The token: open the page once as /#token=<token> (a URL fragment never reaches a server,
+// so no access log holds it; it is moved to sessionStorage and taken out of the address
+// bar), or type it in the form shown when the API answers 401. Every
 // request carries it as "Authorization: Bearer". The live stream is read with fetch rather
 // than EventSource, which cannot send that header; the script resumes it with Last-Event-ID
 // itself after a disconnect.
@@ -14,12 +15,12 @@ const COLORS = { train: "#2563eb", val: "#ea580c", other: "#7c3aed", lr: "#0f766
 // ---- token and API ------------------------------------------------------------------------
 
 function takeTokenFromUrl() {
-  const params = new URLSearchParams(location.search);
+  const params = new URLSearchParams(location.hash.slice(1));
   if (!params.has("token")) return;
   sessionStorage.setItem(TOKEN_KEY, params.get("token"));
   params.delete("token");
-  const query = params.toString();
-  history.replaceState(null, "", location.pathname + (query ? "?" + query : "") + location.hash);
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + location.search + (rest ? "#" + rest : ""));
 }
 
 function authHeaders(extra) {
@@ -187,13 +188,16 @@ async function jobPage(app, jobId) {
     }
     return;
   }
+  // The history so far, page by page: `next` is always where to continue from, and a page
+  // that is complete (the job has ended) or not full (caught up) is the last one.
   const records = [];
+  const PAGE = 1000;
   let after = 0;
   for (;;) {
-    const page = await api(`/v1/jobs/${jobId}/metrics?after=${after}&limit=1000`);
+    const page = await api(`/v1/jobs/${jobId}/metrics?after=${after}&limit=${PAGE}`);
     records.push(...page.items);
-    if (page.next === null) break;
     after = page.next;
+    if (page.complete || page.items.length < PAGE) break;
   }
   const state = { job, records, checkpoints: [] };
 
@@ -334,8 +338,10 @@ function renderSummary(el, state) {
     ["epoch", total ? `${epoch} / ${total}` : String(epoch)],
     ["best", bestText(job)],
     ["last", job.last && job.last.value !== null ? `${fmt(job.last.value)} @ ${job.last.epoch}` : "–"],
+    // A failed job's stop detail is its error, shown once, in the error row.
     ["stopped", stop ? `${stop.reason}${stop.rule ? " (" + stop.rule + ")" : ""}` +
-      `${stop.epoch ? " at epoch " + stop.epoch : ""}${stop.detail ? ": " + stop.detail : ""}` : null],
+      `${stop.epoch ? " at epoch " + stop.epoch : ""}` +
+      `${stop.detail && stop.detail !== job.error ? ": " + stop.detail : ""}` : null],
     ["error", job.error],
     ["created", when(job.created_at)],
     ["finished", job.finished_at ? when(job.finished_at) : null],
@@ -362,18 +368,22 @@ function renderCharts(state) {
   const best = job.best && job.best.epoch ? job.best.epoch : null;
   const stop = job.stop && job.stop.reason === "early_stopping" ? job.stop.epoch : null;
   const monitor = job.best ? job.best.metric : "val_loss";
+  // What an empty chart says: a job that ended before its first epoch never will have one.
+  const empty = TERMINAL.has(job.status)
+    ? `no epochs: the job ${job.status} before its first one`
+    : "waiting for the first epoch…";
   const pick = (candidates) => candidates.filter((n) => names.has(n));
 
   let lossNames = pick(["train_loss", "val_loss"]);
   if (!lossNames.length) lossNames = [...names].filter((n) => n.endsWith("loss")).sort();
   const accNames = pick(["train_accuracy", "val_accuracy"]);
   accNames.push(...[...names].filter((n) => n.endsWith("accuracy") && !accNames.includes(n)).sort());
-  drawChart("loss", records, lossNames, { best, stop, monitor });
-  drawChart("accuracy", records, accNames, { best, stop, monitor });
+  drawChart("loss", records, lossNames, { best, stop, monitor, empty });
+  drawChart("accuracy", records, accNames, { best, stop, monitor, empty });
   // A log scale once the rate spans more than a decade (a decaying schedule).
   const rates = records.map((r) => r.metrics.lr).filter((v) => typeof v === "number" && v > 0);
   const log = rates.length > 0 && Math.max(...rates) / Math.min(...rates) > 10;
-  drawChart("lr", records, pick(["lr"]), { best: null, stop: null, monitor, log });
+  drawChart("lr", records, pick(["lr"]), { best: null, stop: null, monitor, log, empty });
   document.getElementById("box-accuracy").hidden = !accNames.length && records.length > 0;
 }
 
@@ -424,7 +434,7 @@ function drawChart(key, records, names, marks) {
   const all = points.flat();
   if (!records.length || !all.length) {
     svg.append(s("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "empty" },
-      records.length ? "not reported by this job" : "waiting for the first epoch…"));
+      records.length ? "not reported by this job" : marks.empty));
     host.replaceChildren(svg);
     return;
   }
@@ -440,12 +450,14 @@ function drawChart(key, records, names, marks) {
 
   // Grid and ticks.
   const grid = s("g", { class: "grid" });
-  for (const t of ticks(y0, y1, 5)) {
+  const yTicks = ticks(y0, y1, 5);
+  const yLabels = tickLabels(yTicks.map((t) => (marks.log ? Number((10 ** t).toPrecision(3)) : t)));
+  yTicks.forEach((t, i) => {
     const y = pad.top + (1 - (t - y0) / (y1 - y0)) * (height - pad.top - pad.bottom);
     grid.append(s("line", { x1: pad.left, x2: width - pad.right, y1: y, y2: y }));
-    grid.append(s("text", { x: pad.left - 6, y: y + 4, "text-anchor": "end" },
-      tickLabel(marks.log ? 10 ** t : t)));
-  }
+    grid.append(s("text", { x: pad.left - 6, y: y + 4, "text-anchor": "end", class: "y-tick" },
+      yLabels[i]));
+  });
   for (const t of ticks(x0, x1, 8).filter((t) => Number.isInteger(t))) {
     const x = X(t);
     grid.append(s("line", { x1: x, x2: x, y1: pad.top, y2: height - pad.bottom, class: "v" }));
@@ -501,10 +513,16 @@ function drawChart(key, records, names, marks) {
   host.replaceChildren(svg);
 }
 
-function tickLabel(v) {
-  if (v === 0) return "0";
-  if (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e5) return v.toExponential(1);
-  return String(Number(v.toPrecision(3)));
+// The labels of one axis's ticks, all in one notation: scientific with as many digits as
+// the finest tick needs when any tick is below 1e-3 or from 1e5 up, else fixed with as
+// many decimals as the finest tick needs (never 0.001 beside 9.0e-4).
+function tickLabels(values) {
+  const scientific = values.some((v) => v !== 0 && (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e5));
+  const format = scientific ? (v, d) => v.toExponential(d) : (v, d) => v.toFixed(d);
+  const exact = (d) => values.every((v) => Math.abs(Number(format(v, d)) - v) <= Math.abs(v) * 1e-9);
+  let digits = scientific ? 1 : 0;
+  while (digits < 8 && !exact(digits)) digits += 1;
+  return values.map((v) => (v === 0 ? "0" : format(v, digits)));
 }
 
 // About `count` round tick values between lo and hi.
