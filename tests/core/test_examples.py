@@ -49,3 +49,23 @@ def test_the_transfer_script_writes_the_digits_as_an_image_folder(tmp_path: Path
     info = inspect_dataset(archive, "imagefolder")
     assert info["n_samples"] == 1797 and info["num_classes"] == 10
     assert info["image_shape"] == [1, 8, 8] and info["task"] == "classification"
+
+
+def test_the_optimizers_doc_shows_the_benchmarks_own_table(tmp_path: Path) -> None:
+    """docs/optimizers.md's table is written by `bench_optimizers --write-docs`: between its
+    markers, in the benchmark's format, one row per example spec."""
+    from benchmarks.bench_optimizers import BEGIN, DOCS, END, HEADER, write_docs
+
+    page = DOCS.read_text()
+    generated = page[page.index(BEGIN) + len(BEGIN) : page.index(END)]
+    assert HEADER in generated
+    rows = [line for line in generated.splitlines() if line.startswith("| ") and "---" not in line]
+    assert sorted(row.split(" | ")[0][2:] for row in rows[1:]) == sorted(p.stem for p in EXAMPLES)
+
+    copy = tmp_path / "optimizers.md"
+    copy.write_text(page)
+    write_docs(HEADER + "\n| new | row |", "Measured here.", docs=copy)
+    rewritten = copy.read_text()
+    assert rewritten.startswith(page[: page.index(BEGIN) + len(BEGIN)])
+    assert rewritten.endswith(page[page.index(END) :])
+    assert "| new | row |" in rewritten and "| adam |" not in rewritten
