@@ -7,6 +7,7 @@
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +23,8 @@ from tests.timing import scaled, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled"}
+# uvicorn's access log: `INFO:     127.0.0.1:5000 - "GET /v1/jobs/… HTTP/1.1" 200 OK`
+ACCESS_LINE = re.compile(r'INFO: +[^ ]+ - "')
 # Every service started and not yet stopped: a failing test shows their log tails.
 LIVE: list["Service"] = []
 
@@ -99,12 +102,18 @@ class Service:
         """Every log of this service, concatenated (the embedded worker logs into serve's)."""
         return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
 
-    def tail(self, lines: int = 60) -> str:
-        """The last lines of each of this service's logs (its API's and its workers')."""
+    def tail(self, lines: int = 60, requests: int = 5) -> str:
+        """The last lines of each of this service's logs (its API's and its workers'): the
+        last ``lines`` apart from the access log, then its last ``requests`` lines (a test's
+        own polling would fill the tail otherwise)."""
         out = []
         for path in sorted(self.logs.glob("*.log")):
-            text = path.read_text(errors="replace").splitlines()[-lines:]
-            out.append(f"--- {path.name}\n" + "\n".join(text))
+            text = path.read_text(errors="replace").splitlines()
+            access = [line for line in text if ACCESS_LINE.match(line)]
+            other = [line for line in text if not ACCESS_LINE.match(line)]
+            out.append(f"--- {path.name}\n" + "\n".join(other[-lines:]))
+            if access:
+                out.append(f"--- {path.name}, its last requests\n" + "\n".join(access[-requests:]))
         return "\n".join(out)
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.service import Service, running, start_embedded
-from tests.timing import wait_for
+from tests.timing import scaled, wait_for
 
 NEXT_JOB: dict[str, Any] = {
     "name": "next",
@@ -24,15 +24,25 @@ NEXT_JOB: dict[str, Any] = {
     "optimizer": {"name": "adam", "lr": 0.01},
     "training": {"epochs": 2, "batch_size": 16, "device": "cpu"},
 }
-EPOCHS = 40
-LONG_JOB: dict[str, Any] = {
-    "name": "killed",
-    "dataset": {"name": "digits", "val_fraction": 0.2, "seed": 0},
-    "model": {"arch": "mlp", "hidden": [64]},
-    "optimizer": {"name": "adam", "lr": 0.005},
-    "training": {"epochs": EPOCHS, "batch_size": 16, "seed": 1, "device": "cpu"},
-    "checkpoints": {"keep_top_k": 1},
-}
+
+
+def long_job() -> dict[str, Any]:
+    """Trains until its training time (over all its attempts) passes a few seconds, scaled
+    with the machine: killed at epoch 2, it cannot have ended, and it ends a success."""
+    return {
+        "name": "killed",
+        "dataset": {"name": "digits", "val_fraction": 0.2, "seed": 0},
+        "model": {"arch": "mlp", "hidden": [32]},
+        "optimizer": {"name": "adam", "lr": 0.005},
+        "training": {
+            "epochs": 10_000,
+            "batch_size": 64,
+            "seed": 1,
+            "device": "cpu",
+            "max_runtime_seconds": scaled(4),
+        },
+        "checkpoints": {"keep_top_k": 1},
+    }
 
 STOPPED = "the worker stopped (killed by SIGKILL); starting it again in"
 
@@ -79,7 +89,7 @@ def test_the_worker_survives_losing_its_training_process(serve: Service) -> None
         worker = wait_for("a running worker", lambda: worker_pid(serve), 60, detail=serve.tail)
         killed = None
         if kill == "busy":
-            killed = serve.submit(LONG_JOB)
+            killed = serve.submit(long_job())
             serve.wait(killed["id"], until=lambda j: j["epoch"] >= 2, what="to pass epoch 2")
         target = training_pid(worker)
         os.kill(target, signal.SIGKILL)
@@ -98,9 +108,9 @@ def test_the_worker_survives_losing_its_training_process(serve: Service) -> None
             # The killed job resumes from its last checkpoint, in one attempt more.
             final = serve.wait(killed["id"], timeout=180, what="to resume and end")
             assert final["status"] == "succeeded" and final["attempt"] == 2, final
-            assert final["stop"]["reason"] == "max_epochs"
+            assert final["stop"]["reason"] == "max_runtime", final["stop"]
             epochs = [item["epoch"] for item in serve.metrics(killed["id"])]
-            assert epochs == list(range(1, EPOCHS + 1))
+            assert epochs == list(range(1, final["epoch"] + 1)) and len(epochs) > 2
             assert f"job {killed['id']} resumes after epoch" in serve.log_text()
 
     assert restarts == 3

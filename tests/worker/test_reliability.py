@@ -295,6 +295,41 @@ def test_the_sweeper_queues_again_jobs_whose_worker_died(fast_lease: Settings) -
     assert run_job(dead, worker="w/2") == "succeeded" and job_row(dead).attempt == 2
 
 
+def test_a_restarted_worker_resumes_its_dead_predecessors_jobs_at_once(
+    db_env: Settings,
+) -> None:
+    # `descent serve` started the worker again after the OOM killer took the one before:
+    # same node name, new process. The dead one's lease is fresh, yet its job resumes now,
+    # not after the lease timeout (30 s); a live process's lease, or another node's, stays.
+    from worker.app import release_dead_leases
+
+    node = "descent-embedded@host"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan, live, elsewhere = (make_job(SPEC) for _ in range(3))
+    holders = {
+        orphan: f"{node}/{dead.pid}",
+        live: f"{node}/{os.getppid()}",
+        elsewhere: f"other@host/{dead.pid}",
+    }
+    with session_scope() as session:
+        for job_id, holder in holders.items():
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(status=JobStatus.RUNNING, worker=holder, heartbeat_at=utcnow(), attempt=1)
+            )
+    sessions = get_sessionmaker()
+    assert sweep(sessions, lambda *a: None, db_env) == []  # every lease is fresh
+    assert release_dead_leases(sessions.kw["bind"], node) == [orphan]
+    sent: list[str] = []
+    assert sweep(sessions, lambda job_id, queue: sent.append(job_id), db_env) == [orphan]
+    assert sent == [orphan] and job_row(orphan).status == "queued"
+    assert {job_row(j).worker for j in (live, elsewhere)} == {holders[live], holders[elsewhere]}
+    assert run_job(orphan, worker=f"{node}/{os.getpid()}") == "succeeded"
+    assert job_row(orphan).attempt == 2
+
+
 def test_a_failed_send_leaves_the_job_for_the_next_sweep(fast_lease: Settings) -> None:
     job_id = make_job(SPEC)
     with session_scope() as session:
