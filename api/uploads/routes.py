@@ -59,7 +59,10 @@ def _body(
 
 UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "A malformed multipart body, or one over the form limits"},
-    413: {"description": "Over the upload size limit, or over this account's upload quota"},
+    413: {
+        "description": "Over the upload size limit, or over this account's upload quota, or "
+        "inspecting the file needs more memory than an upload may use"
+    },
     422: {
         "description": "The file is refused (the reason says why), or the form lacks it",
         "content": {
@@ -149,7 +152,9 @@ async def upload_dataset(
 ) -> UploadPublic:
     """Upload a dataset. It is read and checked before it is stored (parseable, shapes,
     dtypes, classes, no empty class; archive member names, unpacked size and compression
-    ratio), and stored under a name the server makes. Its `info` is what a job spec naming
+    ratio, and what it decodes to, counted from its headers: at most
+    `upload_max_decoded_bytes`), in a process of its own with a memory limit, and stored
+    under a name the server makes. Its `info` is what a job spec naming
     it (`dataset: {source: upload, id: ...}`) is checked against at submit."""
     return await _upload(request, session, owner, settings, "dataset")
 

@@ -63,7 +63,7 @@ def store_upload(
     _check_quota(session, owner, settings, size)  # before the work; again, locked, after it
     upload_id = new_id()
     artifacts = get_artifacts()
-    sweep_staging(artifacts.root)
+    sweep_staging(settings.artifacts_dir)
     staging = artifacts.path(f"uploads/{kind}/.{upload_id}{STAGING_SUFFIX}")
     with _staged(staging) as fd:
         sha256 = _copy(file, fd)
@@ -87,6 +87,7 @@ def store_upload(
         )
         session.add(row)
         session.flush()
+        artifacts.publish(path, sha256)  # into the object store, when there is one
     except BaseException:
         path.unlink(missing_ok=True)
         raise
