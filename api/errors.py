@@ -159,15 +159,17 @@ METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
-    """The methods some route of the app takes at this request's path."""
-    return [
+    """The methods some route of the app takes at this request's path (and OPTIONS, which
+    every path that has a route answers: see api/methods.py); none for an unknown path."""
+    found = {
         method
         for method in METHODS
         if any(
             route.matches({**scope, "method": method})[0] is Match.FULL
             for route in app.router.routes
         )
-    ]
+    }
+    return [method for method in METHODS if method in found or (found and method == "OPTIONS")]
 
 
 def install_error_handlers(app: FastAPI) -> None:

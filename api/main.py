@@ -8,6 +8,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
 from api.auth import AUTH_RESPONSES, TokenCache
 from api.checkpoints.routes import router as checkpoints_router
@@ -17,6 +19,7 @@ from api.events.routes import router as events_router
 from api.health.routes import router as health_router
 from api.jobs.routes import router as jobs_router
 from api.limits import BodySizeLimitMiddleware
+from api.methods import OptionsMiddleware, add_head_routes
 from api.metrics.cache import MetricsCache
 from api.metrics.routes import router as metrics_router
 from api.monitoring.middleware import LatencyMiddleware
@@ -29,6 +32,17 @@ from api.uploads.routes import UPLOAD_PATHS
 from api.uploads.routes import router as uploads_router
 from api.uploads.service import sweep_staging
 from descent.settings import Settings, get_settings
+
+GZIP_MINIMUM_BYTES = 1024
+# What a page of another origin may send and read, when its origin is in cors_origins.
+CORS_REQUEST_HEADERS = [
+    "Authorization", "Content-Type", "Last-Event-ID", "Range", "If-Range", "If-Match",
+    "If-None-Match", "If-Modified-Since", "If-Unmodified-Since",
+]  # fmt: skip
+CORS_RESPONSE_HEADERS = [
+    "Content-Disposition", "Content-Range", "Accept-Ranges", "ETag", "Last-Modified",
+    "X-Checksum-SHA256", "Retry-After", "WWW-Authenticate",
+]  # fmt: skip
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -64,17 +78,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         path_limits=dict.fromkeys(UPLOAD_PATHS, settings.max_upload_bytes),
     )
     app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(OptionsMiddleware)
+    # JSON (and text) answers over GZIP_MINIMUM_BYTES go out gzipped to clients that take it;
+    # never the event stream (Starlette excludes text/event-stream: each event must reach the
+    # client as it is sent), the PNG plots, or the safetensors downloads (binary, and served
+    # in ranges whose offsets are those of the file).
+    app.add_middleware(
+        GZipMiddleware,
+        minimum_size=GZIP_MINIMUM_BYTES,
+        exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/octet-stream"),
+    )
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:  # no CORS header at all unless origins are allowed
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_RESPONSE_HEADERS,
+            max_age=600,
+        )
     # Outside everything else, so that it times the answers of the catch-all too.
     app.add_middleware(LatencyMiddleware, histogram=app.state.telemetry.http_latency)
-    app.include_router(health_router)
-    app.include_router(jobs_router)
-    app.include_router(metrics_router)
-    app.include_router(checkpoints_router)
-    app.include_router(uploads_router)
-    app.include_router(events_router)
-    app.include_router(plots_router)
-    app.include_router(monitoring_router)
-    app.include_router(dashboard_router)
+    for router in (
+        health_router,
+        jobs_router,
+        metrics_router,
+        checkpoints_router,
+        uploads_router,
+        events_router,
+        plots_router,
+        monitoring_router,
+        dashboard_router,
+    ):
+        add_head_routes(router)
+        app.include_router(router)
+    add_head_routes(app.router)  # /docs, /redoc
     _document_limits(app, settings)
     _redact_access_log()
     return app

@@ -38,6 +38,24 @@ class Settings(BaseSettings):
     database_pool_timeout: float = 10.0
     broker_url: str = Field("", validation_alias=AliasChoices("DESCENT_BROKER_URL", "REDIS_URL"))
     artifacts_dir: Path | None = None
+    # Where checkpoints and uploads are stored: empty, the local folder artifacts_dir (every
+    # process must see it); s3://bucket/prefix, S3-compatible object storage (artifacts_dir
+    # is then each process's scratch and cache). Credentials and region: the standard AWS
+    # variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, ...).
+    artifacts_url: str = ""
+    # The S3 server when not AWS (http://seaweedfs:8333); empty: AWS_ENDPOINT_URL, else AWS.
+    s3_endpoint_url: str = ""
+    # The endpoint presigned download URLs name (?redirect=true), when clients reach the
+    # server by another address than the service does; empty: s3_endpoint_url.
+    s3_public_endpoint_url: str = ""
+    # path (bucket in the path: most self-hosted servers), virtual (bucket in the host name)
+    # or auto (boto3's choice).
+    s3_addressing_style: str = "path"
+    # Files larger than this many MiB go up and down in parts of this size, this many at once.
+    s3_multipart_chunk_mb: int = 16
+    s3_max_concurrency: int = 8
+    # How long a presigned download URL is valid, in seconds.
+    s3_presign_seconds: int = 3600
     # The default queue takes jobs with device auto|cpu; device cuda goes to the gpu queue.
     cpu_queue: str = "cpu"
     gpu_queue: str = "gpu"
@@ -63,6 +81,9 @@ class Settings(BaseSettings):
     # child process limited to twice this plus 1 GiB of memory (413 past it).
     upload_max_decoded_bytes: int = 1 << 30
     metrics_page_limit: int = 1000
+    # Origins (comma-separated, e.g. "https://lab.example.org") whose pages may call the API
+    # from a browser (CORS); empty: none, and no CORS header is sent.
+    cors_origins: str = ""
 
     # Authentication: a token's owner is remembered this many seconds, so a revoked token
     # stops working within this time, and most requests cost no database read for it.

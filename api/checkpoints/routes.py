@@ -1,13 +1,25 @@
 """Checkpoint routes: the listing and the safetensors downloads."""
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
+from api import conditional, objects
 from api.checkpoints import service
 from api.checkpoints.schemas import CheckpointsPublic
 from api.deps import CurrentOwner, SessionDep
+from descent.settings import get_settings
 
 router = APIRouter(tags=["checkpoints"])
+
+Redirect = Annotated[
+    bool,
+    Query(
+        description="Answer 307 to a presigned URL of the object store (artifacts_url s3://) "
+        "instead of streaming the file through the API; ignored with a local folder."
+    ),
+]
 
 DOWNLOAD = {
     200: {
@@ -19,6 +31,7 @@ DOWNLOAD = {
         "description": "The requested byte range (Range: bytes=...) of the weights",
     },
     304: {"description": "Not modified (If-None-Match holds the file's ETag)"},
+    307: {"description": "?redirect=true with an object store: the file's presigned URL"},
     400: {"description": "A malformed Range header"},
     404: {"description": "No such job or checkpoint, or no checkpoint yet"},
     410: {
@@ -37,29 +50,51 @@ def list_checkpoints(job_id: str, session: SessionDep, owner: CurrentOwner) -> C
 
 @router.get("/v1/jobs/{job_id}/checkpoints/best", response_class=FileResponse, responses=DOWNLOAD)
 def download_best(
-    job_id: str, request: Request, session: SessionDep, owner: CurrentOwner
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    owner: CurrentOwner,
+    redirect: Redirect = False,
 ) -> Response:
     """The weights of the job's best checkpoint, as a safetensors file."""
-    return _file_response(request, service.best_checkpoint(session, job_id, owner=owner))
+    download = service.best_checkpoint(session, job_id, owner=owner)
+    return _file_response(request, download, redirect)
 
 
 @router.get("/v1/checkpoints/{checkpoint_id}", response_class=FileResponse, responses=DOWNLOAD)
 def download_checkpoint(
-    checkpoint_id: str, request: Request, session: SessionDep, owner: CurrentOwner
+    checkpoint_id: str,
+    request: Request,
+    session: SessionDep,
+    owner: CurrentOwner,
+    redirect: Redirect = False,
 ) -> Response:
     """The weights of any kept checkpoint, as a safetensors file."""
-    return _file_response(request, service.checkpoint_file(session, checkpoint_id, owner=owner))
+    download = service.checkpoint_file(session, checkpoint_id, owner=owner)
+    return _file_response(request, download, redirect)
 
 
-def _file_response(request: Request, download: service.Download) -> Response:
-    etag = f'"{download.sha256}"'
-    headers = {"ETag": etag, "X-Checksum-SHA256": download.sha256}
-    if etag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    return FileResponse(
+def _file_response(request: Request, download: service.Download, redirect: bool) -> Response:
+    if download.key is not None and download.info is not None:  # in an object store
+        return objects.download(
+            request.method,
+            request.headers,
+            service.get_artifacts(),
+            download.key,
+            download.info,
+            etag=f'"{download.sha256}"',
+            filename=download.filename,
+            redirect=redirect,
+            presign_seconds=get_settings().s3_presign_seconds,
+            extra={"X-Checksum-SHA256": download.sha256},
+        )
+    assert download.path is not None and download.stat is not None
+    return conditional.download(
+        request.method,
+        request.headers,
         download.path,
-        media_type="application/octet-stream",
+        download.stat,
+        etag=f'"{download.sha256}"',
         filename=download.filename,
-        stat_result=download.stat,
-        headers=headers,
+        extra={"X-Checksum-SHA256": download.sha256},
     )

@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -11,6 +11,9 @@ from api.events import service
 from api.metrics.service import MAX_EPOCH
 
 router = APIRouter(prefix="/v1/jobs", tags=["events"])
+
+# No caching, and no buffering by a reverse proxy (nginx honours X-Accel-Buffering).
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @router.get(
@@ -27,6 +30,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["events"])
 )
 async def job_events(
     job_id: str,
+    request: Request,
     owner: CurrentOwner,
     last_event_id: Annotated[
         str | None,
@@ -52,9 +56,10 @@ async def job_events(
     first = await run_in_threadpool(service.poll, job_id, owner, cursor)
     if service.nothing_to_send(first, cursor):
         return Response(status_code=204)
+    if request.method == "HEAD":  # the stream's headers, without opening it
+        return StreamingResponse(iter(()), media_type="text/event-stream", headers=STREAM_HEADERS)
     return StreamingResponse(
         service.stream(job_id, owner, cursor, first),
         media_type="text/event-stream",
-        # No caching, and no buffering by a reverse proxy (nginx honours this header).
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=STREAM_HEADERS,
     )

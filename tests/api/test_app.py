@@ -104,11 +104,11 @@ def test_unknown_ids_are_404_with_a_reason(
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("DELETE", "/v1/jobs", "GET, POST"),
-        ("PUT", "/v1/jobs/abc", "GET"),
-        ("GET", "/v1/jobs/abc/cancel", "POST"),
-        ("POST", "/v1/datasets/abc", "DELETE, GET"),
-        ("POST", "/healthz", "GET"),
+        ("DELETE", "/v1/jobs", "GET, HEAD, OPTIONS, POST"),
+        ("PUT", "/v1/jobs/abc", "GET, HEAD, OPTIONS"),
+        ("GET", "/v1/jobs/abc/cancel", "OPTIONS, POST"),
+        ("POST", "/v1/datasets/abc", "DELETE, GET, HEAD, OPTIONS"),
+        ("POST", "/healthz", "GET, HEAD, OPTIONS"),
     ],
 )
 def test_405_names_every_method_of_the_path_in_allow(
