@@ -9,12 +9,24 @@ workers'), or of every running one.
 """
 
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import postgres_database
 from tests.e2e.service import LIVE, Service, running, start_embedded, start_production
+from tests.timing import scaled
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """pytest-timeout's limit (``timeout`` in pyproject.toml) scales for these tests, as every
+    wait in them does."""
+    base = float(config.getini("timeout") or 0)
+    here = Path(__file__).parent
+    for item in items:
+        if base and here in item.path.parents and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(scaled(base)))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -73,7 +73,14 @@ class Service:
 
         def check() -> dict[str, Any] | None:
             last.update(self.job(job_id))
-            return dict(last) if until(last) else None
+            if until(last):
+                return dict(last)
+            if last["status"] in TERMINAL:  # it will not change any more: say so now
+                raise AssertionError(
+                    f"job {job_id} ended ({last['status']}: {last.get('error')}) instead of "
+                    f"{what}: {last}\n{self.tail()}"
+                )
+            return None
 
         return wait_for(
             f"job {job_id} {what}",
