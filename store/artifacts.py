@@ -1,19 +1,76 @@
-"""The artifact store: a local folder (a shared volume in production).
+"""The artifact store: checkpoints (weights and resume state) and uploads.
 
-Stored names are always made by the server: ``<job id>/<stem>.<suffix>``.
+Two backends behind one small interface, chosen by ``settings.artifacts_url``:
+
+- ``LocalArtifacts`` (the default, ``artifacts_url`` empty): a folder, ``artifacts_dir``;
+  every process that serves or trains must see the same folder (one machine, or a volume
+  they share).
+- ``S3Artifacts`` (``artifacts_url = s3://bucket/prefix``, in ``store.s3``): any
+  S3-compatible object store; each process keeps only a local scratch folder of its own
+  (``artifacts_dir``), where files are written before they are stored and read after they
+  are fetched. Nothing local is shared: workers may run on many hosts.
+
+Stored names (keys) are always made by the server: ``<job id>/<stem>.<suffix>`` and
+``uploads/<kind>/<id>.<suffix>``. A file is written locally under ``path(key)``, then
+``publish``-ed; readers get a local copy with ``fetch`` (temporary) or ``cached``
+(kept: stored files never change under a key), the sha256 checked when one is recorded.
 """
 
 import hashlib
 import hmac
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
-from descent.settings import get_settings
+from descent.settings import Settings, get_settings
+
+CHUNK = 1 << 20
+
+
+class ChecksumMismatch(ValueError):
+    """A stored file's bytes do not hash to the sha256 recorded for them."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    modified: float  # seconds since the epoch
+    etag: str  # the store's own tag of this version of the file (not the sha256)
+
+
+class Artifacts(Protocol):
+    """What every backend offers (see the module's docstring)."""
+
+    root: Path
+    remote: bool
+
+    def job_dir(self, job_id: str) -> Path: ...
+    def relative(self, path: Path) -> str: ...
+    def path(self, relative: str) -> Path: ...
+    def publish(self, path: Path, sha256: str | None = None) -> str: ...
+    def fetch(self, key: str, sha256: str | None = None) -> "_PathContext": ...
+    def cached(self, key: str, sha256: str | None = None) -> Path: ...
+    def keys(self, prefix: str) -> list[str]: ...
+    def info(self, key: str) -> ObjectInfo | None: ...
+    def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
+    def presigned_url(self, key: str, filename: str, expires: int) -> str | None: ...
+    def delete(self, key: str) -> None: ...
+
+
+class _PathContext(Protocol):
+    def __enter__(self) -> Path: ...
+    def __exit__(self, *exc: object) -> None: ...
 
 
 class LocalArtifacts:
+    """The local folder: a file's key is its path under ``root``."""
+
+    remote = False
+
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 
@@ -31,17 +88,64 @@ class LocalArtifacts:
             raise ValueError(f"artifact path outside the store: {relative!r}")
         return path
 
-    def delete(self, relative: str) -> None:
-        self.path(relative).unlink(missing_ok=True)
+    def publish(self, path: Path, sha256: str | None = None) -> str:
+        """The key of a file written under ``root``: here it is stored already."""
+        return self.relative(path)
+
+    @contextmanager
+    def fetch(self, key: str, sha256: str | None = None) -> Iterator[Path]:
+        yield self.cached(key, sha256)
+
+    def cached(self, key: str, sha256: str | None = None) -> Path:
+        path = self.path(key)
+        if sha256 is not None and path.is_file() and not sha256_matches(path, sha256):
+            raise ChecksumMismatch(f"{key} does not match its recorded sha256")
+        return path
+
+    def keys(self, prefix: str) -> list[str]:
+        folder = self.path(prefix)
+        if not folder.is_dir():
+            return []
+        return [self.relative(p) for p in folder.iterdir() if p.is_file()]
+
+    def info(self, key: str) -> ObjectInfo | None:
+        try:
+            stat = self.path(key).stat()
+        except (OSError, ValueError):
+            return None
+        return ObjectInfo(stat.st_size, stat.st_mtime, f"{stat.st_ino}-{stat.st_mtime_ns}")
+
+    def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The bytes from ``start`` to ``end`` (inclusive; None: the end), in blocks."""
+        with open(self.path(key), "rb") as f:
+            f.seek(start)
+            left = None if end is None else end - start + 1
+            while left is None or left > 0:
+                block = f.read(CHUNK if left is None else min(CHUNK, left))
+                if not block:
+                    return
+                if left is not None:
+                    left -= len(block)
+                yield block
+
+    def presigned_url(self, key: str, filename: str, expires: int) -> str | None:
+        return None  # a folder has no URL of its own: the API serves the file
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
 
 
-def get_artifacts() -> LocalArtifacts:
-    settings = get_settings()
+def get_artifacts(settings: Settings | None = None) -> Artifacts:
+    settings = settings or get_settings()
     assert settings.artifacts_dir is not None
+    if settings.artifacts_url:
+        from store.s3 import S3Artifacts
+
+        return S3Artifacts.from_settings(settings)
     return LocalArtifacts(settings.artifacts_dir)
 
 
-def atomic_copy(source: BinaryIO, destination: Path, chunk: int = 1 << 20) -> str:
+def atomic_copy(source: BinaryIO, destination: Path, chunk: int = CHUNK) -> str:
     """Copy a file object to ``destination`` atomically; return the sha256 of what was written.
 
     A temp file in the same folder, fsynced, then ``os.replace``: a crash mid-copy leaves no
@@ -66,10 +170,14 @@ def atomic_copy(source: BinaryIO, destination: Path, chunk: int = 1 << 20) -> st
     return digest.hexdigest()
 
 
-def sha256_matches(path: Path, expected: str) -> bool:
-    """Whether the file's sha256 is the one recorded for it (read in blocks)."""
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
+        while block := f.read(CHUNK):
             digest.update(block)
-    return hmac.compare_digest(digest.hexdigest(), expected)
+    return digest.hexdigest()
+
+
+def sha256_matches(path: Path, expected: str) -> bool:
+    """Whether the file's sha256 is the one recorded for it (read in blocks)."""
+    return hmac.compare_digest(file_sha256(path), expected)

@@ -38,7 +38,7 @@ from core.results import EpochRecord, FitResult
 from core.spec import JobSpec
 from core.train import Trainer, TrainerHooks
 from descent.settings import Settings, get_settings
-from store.artifacts import LocalArtifacts, get_artifacts, sha256_matches
+from store.artifacts import Artifacts, get_artifacts
 from store.db import session_scope
 from store.models import Checkpoint, Job, JobStatus, Metric
 from store.users import limits_for, used_device_hours
@@ -267,7 +267,7 @@ class WorkerHooks(TrainerHooks):
         self,
         job: Job,
         lease: Lease,
-        artifacts: LocalArtifacts,
+        artifacts: Artifacts,
         keep_top_k: int,
         settings: Settings,
     ) -> None:
@@ -312,6 +312,9 @@ class WorkerHooks(TrainerHooks):
         files = trainer.save_checkpoint(
             self.artifacts.job_dir(self.job_id), f"epoch-{record.epoch:05d}-{self.attempt}"
         )
+        # Stored (uploaded to an object store) before its row names it.
+        weights_key = self.artifacts.publish(Path(files.weights_path), files.sha256)
+        state_key = self.artifacts.publish(Path(files.state_path))
         seconds = time.monotonic() - self._mark
         self._mark = time.monotonic()
         with session_scope() as session:
@@ -342,8 +345,8 @@ class WorkerHooks(TrainerHooks):
                 job_id=self.job_id,
                 epoch=record.epoch,
                 value=finite(record.value),
-                weights_path=self.artifacts.relative(Path(files.weights_path)),
-                state_path=self.artifacts.relative(Path(files.state_path)),
+                weights_path=weights_key,
+                state_path=state_key,
                 bytes=files.bytes,
                 sha256=files.sha256,
             )
@@ -396,15 +399,15 @@ class WorkerHooks(TrainerHooks):
         return doomed
 
 
-def sweep_orphans(job_id: str, artifacts: LocalArtifacts) -> None:
+def sweep_orphans(job_id: str, artifacts: Artifacts) -> None:
     """Remove files of this job that no checkpoint row names: files written before a crash
     stopped their row, and the temp files of a write a crash cut short."""
     with session_scope() as session:
         rows = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))
         named = {path for row in rows for path in (row.weights_path, row.state_path)}
-    for path in artifacts.job_dir(job_id).iterdir():
-        if path.is_file() and artifacts.relative(path) not in named:
-            path.unlink(missing_ok=True)
+    for key in artifacts.keys(job_id):
+        if key not in named:
+            artifacts.delete(key)
 
 
 def classify(exc: BaseException) -> str:
@@ -505,7 +508,7 @@ def resume(
     spec: JobSpec,
     hooks: WorkerHooks,
     job_id: str,
-    artifacts: LocalArtifacts,
+    artifacts: Artifacts,
     resources: Resources | None = None,
 ) -> Trainer:
     """A trainer set up from the spec, continuing after the job's last loadable checkpoint.
@@ -525,10 +528,12 @@ def resume(
     trainer = Trainer(spec, hooks=hooks, resources=resources).setup()
     for row in rows:
         try:
-            weights = artifacts.path(row.weights_path)
-            if not sha256_matches(weights, row.sha256):
-                raise TrainingError(f"{weights.name} does not match its recorded sha256")
-            trainer.load_checkpoint(artifacts.path(row.state_path), weights)
+            # Local copies (from an object store: temporary), the weights' sha256 checked.
+            with (
+                artifacts.fetch(row.weights_path, row.sha256) as weights,
+                artifacts.fetch(row.state_path) as state,
+            ):
+                trainer.load_checkpoint(state, weights)
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint: try the one before
             log.warning("job %s: checkpoint of epoch %d does not load: %s", job_id, row.epoch, exc)
             # A clean state for the next try.

@@ -12,19 +12,24 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api import objects
 from api.checkpoints.schemas import CheckpointPublic
 from api.errors import Gone, NotFound
 from api.jobs.service import get_job
-from store.artifacts import get_artifacts
+from store.artifacts import ObjectInfo, get_artifacts
 from store.models import Checkpoint, Job
 
 
 @dataclass(frozen=True)
 class Download:
-    path: Path
-    stat: os.stat_result  # taken once, so the response never stats a file that is gone
+    path: Path | None
+    stat: os.stat_result | None  # taken once, so the response never stats a file that is gone
     filename: str
     sha256: str
+    # In an object store (artifacts_url s3://...): the file's key and what the store says of
+    # it (path and stat are then None; api.objects serves it).
+    key: str | None = None
+    info: ObjectInfo | None = None
 
 
 def list_checkpoints(session: Session, job_id: str, *, owner: str) -> list[CheckpointPublic]:
@@ -65,8 +70,16 @@ def checkpoint_file(session: Session, checkpoint_id: str, *, owner: str) -> Down
 
 def _download(job: Job, checkpoint: Checkpoint) -> Download:
     missing = f"the weights file of checkpoint {checkpoint.id} is missing from the artifact store"
+    artifacts = get_artifacts()
+    if artifacts.remote:
+        key = checkpoint.weights_path
+        info = objects.verified_info(artifacts, key, checkpoint.bytes, checkpoint.sha256)
+        if info is None:
+            raise Gone(f"{missing}, or damaged (its sha256 no longer matches)")
+        name = f"{_file_stem(job.name) or job.id}-epoch{checkpoint.epoch}.safetensors"
+        return Download(None, None, name, checkpoint.sha256, key=key, info=info)
     try:
-        path = get_artifacts().path(checkpoint.weights_path)
+        path = artifacts.path(checkpoint.weights_path)
         info = path.stat()
     except (OSError, ValueError):
         raise Gone(missing) from None
