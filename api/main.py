@@ -4,18 +4,19 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
+from api import openapi
 from api.auth import AUTH_RESPONSES, TokenCache
 from api.checkpoints.routes import router as checkpoints_router
 from api.dashboard.routes import router as dashboard_router
 from api.errors import CatchAllMiddleware, install_error_handlers
 from api.events.routes import router as events_router
+from api.events.routes import stream_event_schemas
 from api.health.routes import router as health_router
 from api.jobs.routes import router as jobs_router
 from api.limits import BodySizeLimitMiddleware
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         lifespan=lifespan,
         responses=AUTH_RESPONSES,
+        generate_unique_id_function=openapi.operation_id,
     )
     app.state.task_queue = TaskQueue(settings)
     app.state.metrics_cache = MetricsCache()
@@ -114,36 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         add_head_routes(router)
         app.include_router(router)
     add_head_routes(app.router)  # /docs, /redoc
-    _document_limits(app, settings)
+    openapi.install(app, settings, stream_event_schemas())
     _redact_access_log()
     return app
-
-
-def _document_limits(app: FastAPI, settings: Settings) -> None:
-    """Limits that are settings, written into the OpenAPI document as this server has them."""
-    build = app.openapi
-    done: list[dict[str, Any]] = []  # FastAPI caches its schema: amend it once
-
-    def openapi() -> dict[str, Any]:
-        if done:
-            return done[0]
-        schema = build()
-        done.append(schema)
-        page = schema["paths"]["/v1/jobs/{job_id}/metrics"]["get"]
-        for parameter in page["parameters"]:
-            if parameter["name"] == "limit":
-                parameter["schema"]["anyOf"][0]["maximum"] = settings.metrics_page_limit
-        for path in UPLOAD_PATHS:
-            upload = schema["paths"][path]["post"]
-            upload["description"] += (
-                f"\n\nLimits: the body may be at most {settings.max_upload_bytes:,} bytes, and "
-                "this account's uploads together at most its upload quota (413 over either); "
-                "the form takes one file part, `file`, and only the text fields listed, "
-                "each a short text (400 over the form limits)."
-            )
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class _RedactTokens(logging.Filter):

@@ -1,14 +1,15 @@
 """Checkpoint routes: the listing and the safetensors downloads."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from api import conditional, objects
 from api.checkpoints import service
 from api.checkpoints.schemas import CheckpointsPublic
 from api.deps import CurrentOwner, SessionDep
+from api.openapi import BINARY, header
 from descent.settings import get_settings
 
 router = APIRouter(tags=["checkpoints"])
@@ -21,25 +22,67 @@ Redirect = Annotated[
     ),
 ]
 
-DOWNLOAD = {
+FILE_HEADERS = {
+    "ETag": header("The file's sha256, quoted: a strong entity tag"),
+    "Last-Modified": header("When the file was written"),
+    "Content-Disposition": header("attachment; filename=\"<job name>-epoch<N>.safetensors\""),
+    "X-Checksum-SHA256": header("The file's sha256, hex"),
+    "Accept-Ranges": header("bytes"),
+}
+DOWNLOAD: dict[int | str, dict[str, Any]] = {
     200: {
-        "content": {"application/octet-stream": {}},
+        "content": {"application/octet-stream": BINARY},
         "description": "The safetensors weights; the ETag and X-Checksum-SHA256 carry its sha256.",
+        "headers": FILE_HEADERS,
     },
     206: {
-        "content": {"application/octet-stream": {}},
+        "content": {"application/octet-stream": BINARY},
         "description": "The requested byte range (Range: bytes=...) of the weights",
+        "headers": {
+            **FILE_HEADERS,
+            "Content-Range": header("bytes <first>-<last>/<size>"),
+        },
     },
-    304: {"description": "Not modified (If-None-Match holds the file's ETag)"},
+    304: {
+        "description": "Not modified (If-None-Match or If-Modified-Since)",
+        "headers": {"ETag": FILE_HEADERS["ETag"], "Last-Modified": FILE_HEADERS["Last-Modified"]},
+    },
     307: {"description": "?redirect=true with an object store: the file's presigned URL"},
-    400: {"description": "A malformed Range header"},
     404: {"description": "No such job or checkpoint, or no checkpoint yet"},
     410: {
         "description": "The checkpoint's file is gone from the artifact store, or damaged "
         "(its sha256 no longer matches)"
     },
-    416: {"description": "The requested range is outside the file"},
+    412: {"description": "If-Match or If-Unmodified-Since does not hold"},
+    416: {
+        "description": "The requested range is outside the file",
+        "headers": {"Content-Range": header("bytes */<size>")},
+    },
 }
+
+
+def _conditional_headers(
+    range_: Annotated[
+        str | None,
+        Header(alias="Range", description="bytes=<first>-<last>, bytes=<first>- or bytes=-<n>"),
+    ] = None,
+    if_range: Annotated[
+        str | None,
+        Header(alias="If-Range", description="Serve the range only if the ETag still is this"),
+    ] = None,
+    if_none_match: Annotated[
+        str | None,
+        Header(alias="If-None-Match", description="304 if the ETag is one of these, or *"),
+    ] = None,
+    if_match: Annotated[
+        str | None, Header(alias="If-Match", description="412 unless the ETag is one of these")
+    ] = None,
+    if_modified_since: Annotated[
+        str | None,
+        Header(alias="If-Modified-Since", description="304 unless modified since (HTTP date)"),
+    ] = None,
+) -> None:
+    """Documents the headers a download reads (api/conditional.py reads them)."""
 
 
 @router.get("/v1/jobs/{job_id}/checkpoints", responses={404: {"description": "No such job"}})
@@ -48,7 +91,12 @@ def list_checkpoints(job_id: str, session: SessionDep, owner: CurrentOwner) -> C
     return CheckpointsPublic(items=service.list_checkpoints(session, job_id, owner=owner))
 
 
-@router.get("/v1/jobs/{job_id}/checkpoints/best", response_class=FileResponse, responses=DOWNLOAD)
+@router.get(
+    "/v1/jobs/{job_id}/checkpoints/best",
+    response_class=FileResponse,
+    responses=DOWNLOAD,
+    dependencies=[Depends(_conditional_headers)],
+)
 def download_best(
     job_id: str,
     request: Request,
@@ -61,7 +109,12 @@ def download_best(
     return _file_response(request, download, redirect)
 
 
-@router.get("/v1/checkpoints/{checkpoint_id}", response_class=FileResponse, responses=DOWNLOAD)
+@router.get(
+    "/v1/checkpoints/{checkpoint_id}",
+    response_class=FileResponse,
+    responses=DOWNLOAD,
+    dependencies=[Depends(_conditional_headers)],
+)
 def download_checkpoint(
     checkpoint_id: str,
     request: Request,

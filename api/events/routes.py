@@ -1,6 +1,6 @@
 """Event stream route: a job's epochs and status changes as server-sent events."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -8,9 +8,24 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentOwner
 from api.events import service
+from api.metrics.schemas import EpochMetrics
 from api.metrics.service import MAX_EPOCH
 
 router = APIRouter(prefix="/v1/jobs", tags=["events"])
+
+EVENTS = (
+    "Server-sent events. `event: status`: data is the job (JobPublic), sent first and at each "
+    "change of status; `event: epoch`: data is `{\"epoch\": N, \"metrics\": {...}}` "
+    "(EpochMetrics), sent as each epoch ends. Every event has an `id:` (`<epoch>:<status>`); "
+    "the first event carries `retry:` (milliseconds before reconnecting); comment lines "
+    "(`: keepalive`) keep a quiet stream open. A stream that ends without a status event of "
+    "a finished job (succeeded, failed, cancelled) was cut: reconnect with Last-Event-ID."
+)
+
+
+def stream_event_schemas() -> dict[str, Any]:
+    """The models the event stream's documentation names, for the OpenAPI components."""
+    return {"EpochMetrics": EpochMetrics.model_json_schema()}
 
 # No caching, and no buffering by a reverse proxy (nginx honours X-Accel-Buffering).
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -21,7 +36,16 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     response_class=StreamingResponse,
     responses={
         200: {
-            "content": {"text/event-stream": {}},
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string", "description": EVENTS},
+                    # The data of each event, by its name (documentation for people).
+                    "x-events": {
+                        "status": {"$ref": "#/components/schemas/JobPublic"},
+                        "epoch": {"$ref": "#/components/schemas/EpochMetrics"},
+                    },
+                }
+            },
             "description": "`status` and `epoch` events, each with an id to resume from.",
         },
         204: {"description": "The job has ended and the client already has all of it"},

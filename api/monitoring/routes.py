@@ -5,6 +5,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from api.monitoring.service import Telemetry
+from api.openapi import BINARY
 
 router = APIRouter(tags=["monitoring"])
 
@@ -12,7 +13,7 @@ router = APIRouter(tags=["monitoring"])
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    responses={200: {"content": {"text/plain": BINARY}, "description": "Prometheus text format"}},
 )
 async def prometheus_metrics(request: Request) -> Response:
     """Jobs by status, queue lengths, epoch durations and HTTP latency, for Prometheus."""

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentOwner
+from api.openapi import BINARY
 from api.plots import service
 
 router = APIRouter(prefix="/v1/jobs", tags=["plots"])
@@ -15,7 +16,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["plots"])
     "/{job_id}/plot.png",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {}}, "description": "The curves as a PNG image"},
+        200: {"content": {"image/png": BINARY}, "description": "The curves as a PNG image"},
         404: {"description": "No such job"},
     },
 )

@@ -234,7 +234,13 @@ def test_job_json_carries_progress_and_is_strict_json(client: TestClient, db_env
         best_checkpoint_id="c" * 32,
         last_value=float("inf"),
         stop={"reason": "early_stopping", "rule": "patience", "epoch": 7, "detail": "no gain"},
-        diagnosis={"verdict": "overfitting", "gap": nan},
+        diagnosis={
+            "verdict": "overfitting",
+            "summary": "val_loss rose",
+            "evidence": {"best": {"epoch": 5, "val_loss": nan}},
+            "remedies": ["more data"],
+            "gap": [0.1, nan],
+        },
     )
     response = client.get(f"/v1/jobs/{job_id}")
     job = json.loads(response.text, parse_constant=pytest.fail)
@@ -247,7 +253,8 @@ def test_job_json_carries_progress_and_is_strict_json(client: TestClient, db_env
     }
     assert job["last"] == {"epoch": 7, "value": None}
     assert job["stop"]["rule"] == "patience"
-    assert job["diagnosis"] == {"verdict": "overfitting", "gap": None}
+    assert job["diagnosis"]["gap"] == [0.1, None]
+    assert job["diagnosis"]["evidence"] == {"best": {"epoch": 5, "val_loss": None}}
 
 
 def test_cancel_a_queued_job_ends_it_at_once(client: TestClient) -> None:
