@@ -47,6 +47,7 @@ def _client(endpoint_url: str | None, addressing_style: str, pool: int, pid: int
     hence the pid in the key)."""
     config = Config(
         s3={"addressing_style": addressing_style},
+        signature_version="s3v4",  # presigned URLs too (SigV2 is gone from most regions)
         retries={"mode": "standard", "max_attempts": 5},
         max_pool_connections=pool,
         # boto3 >= 1.36 sends CRC checksums on every upload by default, which several

@@ -108,15 +108,17 @@ def add_checkpoint(
     weights.write_bytes(data)
     state = artifacts.job_dir(job_id) / f"epoch{epoch}.state.pt"
     state.write_bytes(b"state")
+    sha256 = hashlib.sha256(data).hexdigest()
+    weights_key, state_key = artifacts.publish(weights, sha256), artifacts.publish(state)
     with session_scope() as session:
         checkpoint = Checkpoint(
             job_id=job_id,
             epoch=epoch,
             value=value,
-            weights_path=artifacts.relative(weights),
-            state_path=artifacts.relative(state),
+            weights_path=weights_key,
+            state_path=state_key,
             bytes=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
+            sha256=sha256,
         )
         session.add(checkpoint)
         session.flush()
