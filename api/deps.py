@@ -2,10 +2,11 @@
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session
 
+from api import tickets
 from api.auth import TokenCache, bearer, owner_of
 from api.db import get_session
 from api.metrics.cache import MetricsCache
@@ -28,6 +29,25 @@ async def current_owner(
     return await owner_of(credentials, cache)
 
 
+async def stream_owner(
+    request: Request,
+    job_id: str,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ticket: Annotated[
+        str | None,
+        Query(
+            description="A stream ticket (POST .../events/ticket), for clients that cannot "
+            "send Authorization (a browser's EventSource)."
+        ),
+    ] = None,
+) -> str:
+    """Who opens a job's event stream: the owner of a stream ticket of this job, or of the
+    bearer token."""
+    if ticket is not None:
+        return tickets.owner_of(tickets.secret(get_settings()), job_id, ticket)
+    return await current_owner(request, credentials)
+
+
 async def _settings() -> Settings:
     return get_settings()
 
@@ -47,6 +67,7 @@ async def _metrics_cache(request: Request) -> MetricsCache:
 # failed after-commit send) still turns into an error response.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 CurrentOwner = Annotated[str, Depends(current_owner)]
+StreamOwner = Annotated[str, Depends(stream_owner)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 TaskQueueDep = Annotated[TaskQueue, Depends(_task_queue)]
 MetricsCacheDep = Annotated[MetricsCache, Depends(_metrics_cache)]

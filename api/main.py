@@ -122,9 +122,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 class _RedactTokens(logging.Filter):
-    """Access log lines never show a token passed in a query string (``?token=…``)."""
+    """Access log lines never show a token or a stream ticket passed in a query string
+    (``?token=…``, ``?ticket=…``)."""
 
-    pattern = re.compile(r"([?&][^=&]*token[^=&]*=)[^&\s]*", re.IGNORECASE)
+    pattern = re.compile(r"([?&][^=&]*(?:token|ticket)[^=&]*=)[^&\s]*", re.IGNORECASE)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # Origins (comma-separated, e.g. "https://lab.example.org") whose pages may call the API
     # from a browser (CORS); empty: none, and no CORS header is sent.
     cors_origins: str = ""
+    # The key that signs event stream tickets (browsers' EventSource); unset: one is made
+    # once and kept in <data dir>/stream-secret. Set the same one on every API host.
+    stream_ticket_secret: str = ""
 
     # Authentication: a token's owner is remembered this many seconds, so a revoked token
     # stops working within this time, and most requests cost no database read for it.

@@ -1,13 +1,17 @@
 """Event stream route: a job's epochs and status changes as server-sent events."""
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentOwner
+from api import tickets
+from api.deps import CurrentOwner, SessionDep, SettingsDep, StreamOwner
 from api.events import service
+from api.jobs.service import get_job
 from api.metrics.schemas import EpochMetrics
 from api.metrics.service import MAX_EPOCH
 
@@ -55,7 +59,7 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 async def job_events(
     job_id: str,
     request: Request,
-    owner: CurrentOwner,
+    owner: StreamOwner,
     last_event_id: Annotated[
         str | None,
         Header(description="Resume after this event (the `id` of the last event received)."),
@@ -87,3 +91,25 @@ async def job_events(
         media_type="text/event-stream",
         headers=STREAM_HEADERS,
     )
+
+
+class StreamTicket(BaseModel):
+    ticket: str = Field(description="Pass it as `?ticket=` to GET .../events")
+    expires_at: datetime = Field(description="The stream must be opened before this time")
+
+
+@router.post(
+    "/{job_id}/events/ticket",
+    responses={404: {"description": "No such job"}},
+)
+def events_ticket(
+    job_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep
+) -> StreamTicket:
+    """A short-lived ticket that opens this job's event stream without a token:
+    `new EventSource("/v1/jobs/<id>/events?ticket=<ticket>")` in a browser, which cannot
+    send `Authorization`. It is valid for this job and its owner only, for a minute; a
+    stream it opened runs to its end, and the browser's own reconnects (with
+    `Last-Event-ID`) work while it is valid. After that, ask for a new one."""
+    get_job(session, job_id, owner=owner)  # 404 for a job this owner lacks
+    ticket, expires = tickets.issue(tickets.secret(settings), job_id, owner)
+    return StreamTicket(ticket=ticket, expires_at=datetime.fromtimestamp(expires, UTC))

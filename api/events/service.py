@@ -42,7 +42,7 @@ POLL_SECONDS = 0.25
 HEARTBEAT_SECONDS = 15.0
 # Epochs read per poll: a stream that joins a long job late catches up in a few reads.
 BATCH_EPOCHS = 500
-# How long a browser waits before reconnecting, in milliseconds (sent once per stream).
+# How long a browser waits before reconnecting, in milliseconds (sent with the first event).
 RETRY_MS = 2000
 # An event id: ASCII digits only (str.isdigit() also takes "²", which int() refuses).
 EVENT_ID = re.compile(r"([0-9]{1,10}):(?P<status>[a-z]*)", re.ASCII)
@@ -154,13 +154,14 @@ async def stream(
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
 ) -> AsyncIterator[str]:
     """The event stream: ends after the job's final status event, or when the job is gone."""
-    yield f"retry: {RETRY_MS}\n\n"
     current = first
     quiet_since = time.monotonic()
+    retry = f"retry: {RETRY_MS}\n"  # sent with the first event, not as a block of its own
     while True:
         out, done = events(current, cursor)
         if out:
-            yield "".join(out)
+            yield retry + "".join(out)
+            retry = ""
             quiet_since = time.monotonic()
         if done:
             return
