@@ -29,6 +29,7 @@ from api.monitoring.service import Telemetry
 from api.nul import RefuseNulMiddleware
 from api.plots.routes import router as plots_router
 from api.queue import TaskQueue
+from api.studies.routes import router as studies_router
 from api.uploads.routes import UPLOAD_PATHS
 from api.uploads.routes import router as uploads_router
 from api.uploads.service import sweep_staging
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         health_router,
         jobs_router,
+        studies_router,
         metrics_router,
         checkpoints_router,
         uploads_router,

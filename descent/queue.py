@@ -8,6 +8,8 @@ from kombu.transport import TRANSPORT_ALIASES
 from descent.settings import Settings, get_settings
 
 TRAIN_TASK = "training.run"
+# Makes a study's first trials (the API sends it when a study is created).
+STUDY_TASK = "study.top_up"
 
 # ``sqla+…`` URLs use kombu's SQLAlchemy transport with a settable polling interval.
 TRANSPORT_ALIASES["sqla"] = "descent.broker:Transport"

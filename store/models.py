@@ -16,8 +16,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column
 
 
 def new_id() -> str:
@@ -169,3 +170,69 @@ class Upload(Base):
     # or weights' architecture and tensors. Job specs naming the upload are checked against it.
     info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StudyStatus:
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    ALL = (RUNNING, COMPLETED, CANCELLED)
+
+
+class Study(Base):
+    """A hyperparameter search: a base job spec, a space over spec paths, an algorithm and a
+    pruner. Its trials are ordinary jobs (``study_trials`` links them); this row and the
+    trials' rows are the whole state of the search (the sampler is rebuilt from them)."""
+
+    __tablename__ = "studies"
+    __table_args__ = (Index("ix_studies_owner_created", "owner", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.RUNNING, index=True)
+    # The study as submitted, normalized: base, space, objective, algorithm, pruner, ...
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    queue: Mapped[str] = mapped_column(String(32))
+    # Points of a grid search (null for the other algorithms).
+    grid_size: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StudyTrial(Base):
+    """One trial of a study: its number (unique in the study, so a retried top-up never
+    makes a trial twice), its job, and the parameters it was given."""
+
+    __tablename__ = "study_trials"
+    __table_args__ = (UniqueConstraint("study_id", "number"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    # {dotted spec path: value}, as shown to the user.
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The same point as the sampler sees it ({name: number, or a choice's index}).
+    raw: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The pruner's own bookkeeping of this trial (the rungs it passed, with their values).
+    system_attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The pruner's decision, once taken: the job's `stop` (the trial ends after that epoch).
+    pruned: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# A trial's study and parameters, read with its job (a correlated subquery: no join, so
+# ``SELECT ... FOR UPDATE`` of a job stays valid on PostgreSQL); null for other jobs.
+Job.study_id = column_property(  # type: ignore[attr-defined]
+    select(StudyTrial.study_id)
+    .where(StudyTrial.job_id == Job.id)
+    .correlate_except(StudyTrial)
+    .scalar_subquery()
+)
+Job.params = column_property(  # type: ignore[attr-defined]
+    select(StudyTrial.params)
+    .where(StudyTrial.job_id == Job.id)
+    .correlate_except(StudyTrial)
+    .scalar_subquery()
+)

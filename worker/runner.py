@@ -42,6 +42,7 @@ from store.artifacts import Artifacts, get_artifacts
 from store.db import session_scope
 from store.models import Checkpoint, Job, JobStatus, Metric
 from store.users import limits_for, used_device_hours
+from worker import studies
 from worker.resources import job_resources
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,9 @@ class WorkerHooks(TrainerHooks):
         # training.max_runtime_seconds: the job's own limit, over all its attempts.
         self.max_runtime: float | None = None
         self.runtime_used_up: str | None = None
+        # A study's trial: the pruner's decision (the job's stop) once it prunes the trial.
+        self.trial = False
+        self.pruned: dict[str, Any] | None = None
         self._mark = time.monotonic()
 
     def limit_runtime(self, max_runtime: float | None, runtime: float, epoch: int) -> None:
@@ -300,6 +304,7 @@ class WorkerHooks(TrainerHooks):
             or self.lease.lost.is_set()
             or self.budget_used_up is not None
             or self.runtime_used_up is not None
+            or self.pruned is not None
         )
 
     def start_clock(self) -> None:
@@ -366,6 +371,10 @@ class WorkerHooks(TrainerHooks):
             doomed = stale + self._retire(session, job)
             self._check_budget(session)
             self._check_runtime(job.runtime_seconds, record.epoch)
+            if self.trial and self.pruned is None and record.stop is None:
+                self.pruned = studies.prune(
+                    session, self.job_id, record.epoch, trainer.spec.training.epochs
+                )
         for row in doomed:
             self.artifacts.delete(row.weights_path)
             self.artifacts.delete(row.state_path)
@@ -453,6 +462,8 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
     lease = Lease(job_id, worker, settings.heartbeat_seconds)
     lease.start()
     hooks = WorkerHooks(job, lease, artifacts, spec.checkpoints.keep_top_k, settings)
+    # A study's trial; pruned before a restart, it stops at once.
+    hooks.trial, hooks.pruned = studies.recorded_prune(job_id)
     try:
         sweep_orphans(job_id, artifacts)
         # Uploads and a backbone job that are missing or do not fit fail the job here, at
@@ -499,6 +510,10 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
             "epoch": result.last_epoch,
             "detail": hooks.runtime_used_up,
         }
+    if hooks.pruned is not None and result.status == "cancelled" and not lease.cancelled.is_set():
+        # A study's pruner stopped it: a success, with its best checkpoint (worker/studies.py).
+        result.status = "succeeded"
+        stop = dict(hooks.pruned)
     outcome = _succeed(job_id, worker, result, stop=stop)
     sweep_orphans(job_id, artifacts)
     return outcome

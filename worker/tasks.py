@@ -11,6 +11,7 @@ from celery import shared_task
 
 from descent.queue import TRAIN_TASK
 from descent.settings import get_settings
+from worker import studies
 from worker.runner import CONNECTION, RetryableFailure, classify, run_job, worker_identity
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,14 @@ log = logging.getLogger(__name__)
 
 def backoff(retries: int, cap: float) -> float:
     return float(min(2**retries, cap))
+
+
+def _after_job(app, job_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Top up the owner's studies (worker/studies.py): never fails the training task."""
+    try:
+        studies.after_job(job_id, lambda job, queue: app.send_task(TRAIN_TASK, [job], queue=queue))
+    except Exception:
+        log.exception("job %s: topping up its owner's studies failed", job_id)
 
 
 @shared_task(name=TRAIN_TASK, bind=True)
@@ -36,6 +45,7 @@ def train(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
         failure = exc
     else:
         log.info("job %s: %s", job_id, outcome)
+        _after_job(self.app, job_id)
         return outcome
     countdown = backoff(self.request.retries, settings.retry_backoff_max_seconds)
     log.warning("job %s: %s; retrying in %.0f s", job_id, failure, countdown)

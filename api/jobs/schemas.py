@@ -110,6 +110,9 @@ class JobPublic(BaseModel):
     queue: str
     spec_hash: str
     spec: JobSpec
+    # A study's trial: its study and the parameters it was given (null for other jobs).
+    study_id: str | None = None
+    params: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, job: Job) -> "JobPublic":
@@ -143,6 +146,8 @@ class JobPublic(BaseModel):
             spec_hash=job.spec_hash,
             spec=_spec(job.spec),
             # As loaded with the row (never a lazy load: the row may be detached).
+            study_id=vars(job).get("study_id"),
+            params=json_safe(vars(job).get("params")),
         )
 
 

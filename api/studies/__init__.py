@@ -1,0 +1,1 @@
+"""Studies: hyperparameter searches whose trials are ordinary jobs."""

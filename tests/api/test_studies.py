@@ -1,0 +1,127 @@
+"""Studies through HTTP: what is refused at submit (422 naming the path), the record of a
+study, and owners. No worker runs here: the studies' trials are made by the worker (see
+tests/worker/test_studies.py and tests/e2e/test_studies.py)."""
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from store.db import session_scope
+from store.models import Job, Study
+from tests.api.builders import bearer, make_user, spec
+
+
+def study(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "digits-lr",
+        "base": spec(optimizer={"name": "sgd", "lr": 0.01}),
+        "space": {
+            "optimizer.lr": {"choice": [0.1, 0.01]},
+            "model.hidden": {"choice": [[8], [16], [32]]},
+        },
+        "algorithm": "grid",
+        "max_trials": 6,
+        "parallelism": 2,
+    }
+    body.update(changes)
+    return body
+
+
+def rows() -> tuple[int | None, int | None]:
+    with session_scope() as session:
+        return (
+            session.scalar(select(func.count()).select_from(Study)),
+            session.scalar(select(func.count()).select_from(Job)),
+        )
+
+
+def refused(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
+    before = rows()
+    answer = client.post("/v1/studies", json=body)
+    assert answer.status_code == 422, answer.text
+    assert rows() == before  # nothing made
+    return answer.json()["detail"][0]
+
+
+def test_a_grid_study_is_stored_with_its_size(client: TestClient) -> None:
+    answer = client.post("/v1/studies", json=study())
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert body["grid_size"] == 6 and body["status"] == "running"
+    assert body["objective"] == {"metric": "val_loss", "mode": "min"}
+    assert body["trials"]["total"] == 0 and body["best"] is None
+    assert body["epochs"] == {"trained": 0, "without_pruning": 0, "saved": 0}
+    assert client.get(f"/v1/studies/{body['id']}").json()["id"] == body["id"]
+    listed = client.get("/v1/studies").json()
+    assert [item["id"] for item in listed["items"]] == [body["id"]]
+    assert client.get(f"/v1/studies/{body['id']}/trials").json() == {"items": [], "next": None}
+    cancelled = client.post(f"/v1/studies/{body['id']}/cancel")
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+
+
+def test_the_objective_defaults_to_the_base_early_stopping_monitor(client: TestClient) -> None:
+    base = spec(early_stopping={"monitor": "val_accuracy", "patience": 2})
+    answer = client.post("/v1/studies", json=study(base=base))
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["objective"] == {"metric": "val_accuracy", "mode": "max"}
+
+
+def test_a_path_that_is_not_a_spec_field_is_refused_naming_it(client: TestClient) -> None:
+    error = refused(client, study(space={"optimizer.lrate": {"choice": [0.1]}}))
+    assert error["loc"] == ["body", "space", "optimizer.lrate"]
+    assert "not a field of the job spec" in error["msg"]
+    error = refused(client, study(space={"optimizer.lr": {"between": [0.1, 1]}}))
+    assert error["loc"] == ["body", "space", "optimizer.lr"]
+    error = refused(client, study(space={"optimizer.lr": {"loguniform": [0, 1]}}))
+    assert error["loc"] == ["body", "space", "optimizer.lr", "loguniform"]
+
+
+def test_a_grid_over_max_trials_is_refused_with_its_size(client: TestClient) -> None:
+    space = {
+        "optimizer.lr": {"choice": [0.1, 0.01, 0.001, 0.0001]},
+        "training.batch_size": {"int": [16, 64], "step": 16},
+    }
+    error = refused(client, study(space=space, max_trials=15))
+    assert error["loc"] == ["body", "max_trials"]
+    assert "the grid has 16 points" in error["msg"]
+    error = refused(client, study(space={"optimizer.lr": {"uniform": [0.01, 0.1]}}))
+    assert error["loc"] == ["body", "space", "optimizer.lr"]
+    assert "grid search needs choice or int" in error["msg"]
+
+
+def test_every_option_and_range_end_must_make_a_valid_job_spec(client: TestClient) -> None:
+    # The upper end of a range: dropout must be below 1.
+    error = refused(
+        client, study(algorithm="random", space={"model.dropout": {"uniform": [0.0, 1.5]}})
+    )
+    assert error["loc"] == ["body", "space", "model.dropout"]
+    assert "model.dropout = 1.5" in error["msg"] and "model.dropout" in error["msg"]
+    # A conditional distribution inside a choice of objects.
+    space = {
+        "optimizer": {
+            "choice": [{"name": "sgd", "momentum": {"uniform": [0.5, 1.5]}}, {"name": "adam"}]
+        }
+    }
+    error = refused(client, study(algorithm="tpe", space=space))
+    assert error["loc"] == ["body", "space", "optimizer.momentum"]
+    # A grid point: batch norm with batch size 1.
+    base = spec(model={"arch": "mlp", "hidden": [16], "norm": "batch"})
+    error = refused(client, study(base=base, space={"training.batch_size": {"choice": [32, 1]}}))
+    assert error["loc"][:3] == ["body", "space", "training.batch_size"]
+    assert "training.batch_size = 1" in error["msg"]
+
+
+def test_the_base_spec_is_validated_like_a_job(client: TestClient) -> None:
+    error = refused(client, study(base=spec(optimizer={"name": "sgd", "lr": -1})))
+    assert error["loc"] == ["body", "base", "optimizer", "lr"]
+
+
+def test_another_users_study_is_not_found(client: TestClient) -> None:
+    mine = client.post("/v1/studies", json=study()).json()["id"]
+    other = bearer(make_user("someone-else"))
+    assert client.get(f"/v1/studies/{mine}", headers=other).status_code == 404
+    assert client.get(f"/v1/studies/{mine}/trials", headers=other).status_code == 404
+    assert client.post(f"/v1/studies/{mine}/cancel", headers=other).status_code == 404
+    assert client.get("/v1/studies", headers=other).json()["items"] == []
+    assert client.get(f"/v1/studies/{mine}").status_code == 200
