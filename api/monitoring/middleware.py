@@ -3,6 +3,7 @@
 import time
 
 from prometheus_client import Histogram
+from starlette.routing import Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -24,7 +25,7 @@ class LatencyMiddleware:
                 return
             observed = True
             # The router puts the matched route in the scope; its path is the template.
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = getattr(scope.get("route"), "path", None) or _starlette_route(scope)
             self.histogram.labels(scope["method"], route, str(status)).observe(
                 time.perf_counter() - start
             )
@@ -39,3 +40,15 @@ class LatencyMiddleware:
         except Exception:
             observe(500)
             raise
+
+
+def _starlette_route(scope: Scope) -> str:
+    """The path of a route FastAPI does not put in the scope (/openapi.json, the docs'
+    static files); "unmatched" only for a path no route takes."""
+    app = scope.get("app")
+    for route in getattr(getattr(app, "router", None), "routes", ()):
+        if isinstance(route, Mount) and scope["path"].startswith(route.path + "/"):
+            return route.path  # the scope's root_path now holds the mount: match by prefix
+        if isinstance(route, Route) and route.matches(scope)[0] is Match.FULL:
+            return route.path
+    return "unmatched"

@@ -22,7 +22,14 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, case, func, select, text
@@ -169,6 +176,10 @@ class Telemetry:
         # No "_created" series beside each histogram: a scrape has no use for them.
         disable_created_metrics()
         self.registry = CollectorRegistry()
+        # The standard process_* (CPU, memory, open files) and python_* (gc, version) series.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.queues = QueueLengths(settings)
         self.registry.register(ServiceCollector(self.queues))
         self.http_latency = Histogram(

@@ -81,3 +81,16 @@ def test_metrics_answer_without_the_database(sqlite_client: TestClient) -> None:
             conn.execute(text("ALTER TABLE metrics_gone RENAME TO metrics"))
     assert ("descent_jobs", (("status", "queued"),)) in samples
     assert not any(name.startswith("descent_epoch_duration") for name, _ in samples)
+
+
+def test_metrics_have_process_series_and_a_route_for_the_docs(sqlite_client: TestClient) -> None:
+    for url in ("/openapi.json", "/docs", "/v1/nothing-here"):
+        sqlite_client.get(url)
+    text = sqlite_client.get("/metrics").text
+    assert "process_resident_memory_bytes " in text or "process_cpu_seconds_total " in text
+    assert "python_info{" in text and "python_gc_collections_total{" in text
+    count = "descent_http_request_duration_seconds_count"
+    assert f'{count}{{method="GET",route="/openapi.json",status="200"}} 1.0' in text
+    assert f'{count}{{method="GET",route="/docs",status="200"}} 1.0' in text
+    assert f'{count}{{method="GET",route="unmatched",status="404"}} 1.0' in text
+    assert f'{count}{{method="GET",route="unmatched",status="200"}}' not in text
