@@ -94,7 +94,7 @@ def test_a_missing_job_fails_loudly(sqlite_env: Settings) -> None:
 def test_a_diverging_job_fails_with_its_reason_and_keeps_its_history(sqlite_env: Settings) -> None:
     spec = {
         **SPEC,
-        "optimizer": {"name": "sgd", "lr": 1e6, "momentum": 0.9},
+        "optimizer": {"name": "sgd", "lr": 100.0, "momentum": 0.9},
         "training": {"epochs": 20, "batch_size": 16, "seed": 0},
     }
     job_id = make_job(spec)
