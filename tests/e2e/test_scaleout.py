@@ -1,0 +1,164 @@
+"""Workers on many hosts: the API and two workers as production starts them, each with a
+local data folder of its own (as on separate hosts), sharing only PostgreSQL, Redis and an S3
+server (moto's, over HTTP).
+
+- A job started on worker A and SIGKILLed after epoch 3 resumes on worker B from its
+  checkpoint in S3 and ends with the metrics of an uninterrupted run; its best checkpoint
+  downloads through the API with the sha256 the service recorded.
+- A dataset uploaded through the API trains on either worker.
+"""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import postgres_database
+from tests.e2e.service import ROOT, Service, base_env, free_port, make_token
+from tests.e2e.test_recovery import LEASE, RESUME_SPEC
+from tests.files import csv_bytes
+from tests.s3 import S3Server, s3_server
+from tests.timing import wait_for
+
+
+class Hosts(Service):
+    """The API, and workers each started with a data folder of its own."""
+
+    root: Path = Path()
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        folder = self.root / name
+        env = self.env | {"DESCENT_DATA_DIR": str(folder)}
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
+        process = subprocess.Popen(
+            [sys.executable, "-m", "descent", "worker", "--queues", "cpu,gpu",
+             "--name", f"{name}@%h"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self.processes.append(process)
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"worker {name} exited {process.returncode}\n{self.tail()}")
+            return "ready." in self.log(name)
+
+        wait_for(f"worker {name} to start", ready, 120, interval=0.1, detail=self.tail)
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+
+def kill(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def hosts(
+    s3: S3Server, redis_broker: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Hosts]:
+    root = tmp_path_factory.mktemp("scaleout")
+    redis_url, prefix = redis_broker
+    with postgres_database() as database_url:
+        env = (
+            base_env(root / "api")
+            | LEASE
+            | s3.env(s3.bucket())
+            | {
+                "DATABASE_URL": database_url,
+                "REDIS_URL": redis_url,
+                "DESCENT_BROKER_KEY_PREFIX": f"{prefix}scaleout:",
+            }
+        )
+        port = free_port()
+        service = Hosts(f"http://127.0.0.1:{port}", env, root)
+        service.root = root
+        subprocess.run([sys.executable, "-m", "descent", "migrate"], cwd=ROOT, env=env, check=True)
+        service.authorize(make_token(env, "scaleout"))
+        service.start(
+            "api", "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)
+        )
+        try:
+            service.wait_healthy()
+            yield service
+        finally:
+            service.stop()
+
+
+def local_files(folder: Path) -> list[str]:
+    """Files left in a worker's own folder (its scratch and cache)."""
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def test_a_job_killed_on_one_host_resumes_on_another_from_s3(hosts: Hosts) -> None:
+    from core.train import Trainer
+
+    reference = {r.epoch: r.metrics for r in Trainer(RESUME_SPEC).setup().train().history}
+    first = hosts.start_worker("host-a")
+    job = hosts.submit(RESUME_SPEC)
+    hosts.wait(job["id"], until=lambda j: j["epoch"] >= 3, timeout=180, what="to pass epoch 3")
+    kill(first)  # SIGKILL: host A is gone, and its folder with it
+    killed_at = hosts.job(job["id"])["epoch"]
+    assert killed_at < RESUME_SPEC["training"]["epochs"]
+    second = hosts.start_worker("host-b")
+    try:
+        final = hosts.wait(job["id"], timeout=180)
+        assert final["status"] == "succeeded" and final["attempt"] == 2, final
+        assert f"resumes after epoch {killed_at}" in hosts.log("host-b")
+        got = {item["epoch"]: item["metrics"] for item in hosts.metrics(job["id"])}
+        assert sorted(got) == sorted(reference)
+        gaps = [
+            abs(got[epoch][name] - value)
+            for epoch, metrics in reference.items()
+            for name, value in metrics.items()
+            if name != "epoch_seconds"
+        ]
+        assert max(gaps) == 0.0, max(gaps)  # bit-identical on the CPU
+        # Nothing of the job stays on either host: its checkpoints are in S3 only.
+        assert not any(n.endswith((".safetensors", ".pt")) for n in local_files(hosts.root))
+        best = hosts.http.get(f"/v1/jobs/{job['id']}/checkpoints/best")
+        assert best.status_code == 200
+        listed = hosts.http.get(f"/v1/jobs/{job['id']}/checkpoints").json()["items"]
+        [row] = [c for c in listed if c["is_best"]]
+        assert hashlib.sha256(best.content).hexdigest() == row["sha256"]
+        assert best.headers["x-checksum-sha256"] == row["sha256"]
+        assert len(best.content) == row["bytes"]
+    finally:
+        kill(second)
+
+
+def test_an_upload_trains_on_either_host(hosts: Hosts) -> None:
+    response = hosts.http.post(
+        "/v1/datasets", files={"file": ("d.csv", csv_bytes(rows=60))}, data={"target": "label"}
+    )
+    assert response.status_code == 201, response.text
+    upload_id = response.json()["id"]
+    spec: dict[str, Any] = {
+        "dataset": {"source": "upload", "id": upload_id},
+        "model": {"arch": "mlp", "hidden": [8]},
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "training": {"epochs": 2, "batch_size": 16, "device": "cpu"},
+    }
+    for name in ("host-c", "host-d"):  # one host at a time, each with an empty folder
+        worker = hosts.start_worker(name)
+        try:
+            job = hosts.submit({**spec, "name": name})
+            final = hosts.wait(job["id"], timeout=120)
+            assert final["status"] == "succeeded", final
+            # This host fetched the upload from S3 into its own folder, checked, and kept it.
+            assert f"{upload_id}.csv" in local_files(hosts.root / name)
+        finally:
+            kill(worker)
