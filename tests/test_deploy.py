@@ -69,7 +69,9 @@ def test_compose_file_matches_the_compose_schema(compose: dict[str, Any]) -> Non
 
 def test_compose_runs_every_process_of_the_service(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker-gpu-0", "worker-cpu"}
+    assert set(services) == {
+        "postgres", "redis", "s3", "s3-bucket", "migrate", "api", "worker-gpu-0", "worker-cpu"
+    }  # fmt: skip
     assert services["postgres"]["image"].startswith("postgres:16")
     assert services["redis"]["image"].startswith("redis:7")
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -88,6 +90,29 @@ def test_compose_runs_every_process_of_the_service(compose: dict[str, Any]) -> N
     assert "deploy" not in services["worker-cpu"] or "reservations" not in (
         services["worker-cpu"]["deploy"]["resources"]
     )
+
+
+def test_checkpoints_and_uploads_go_to_the_s3_service_and_its_bucket(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    s3 = services["s3"]
+    assert s3["image"].startswith("chrislusf/seaweedfs:")  # Apache-2.0
+    assert "-s3" in s3["command"] and "s3data:/data" in s3["volumes"]
+    bucket = services["s3-bucket"]
+    assert "create-bucket --bucket descent" in bucket["command"][0]
+    assert bucket["restart"] == "no"
+    assert bucket["environment"]["AWS_SECRET_ACCESS_KEY"].startswith("${S3_SECRET_KEY:?")
+    for name in ("api", "worker-gpu-0", "worker-cpu"):
+        service = services[name]
+        env = service["environment"]
+        assert env["DESCENT_ARTIFACTS_URL"] == "s3://descent/artifacts", name
+        assert env["DESCENT_S3_ENDPOINT_URL"] == "http://s3:8333", name
+        assert env["AWS_SECRET_ACCESS_KEY"].startswith("${S3_SECRET_KEY:?"), name
+        assert service["depends_on"]["s3-bucket"]["condition"] == "service_completed_successfully"
+        # No volume shared for artifacts: a worker may run on any host.
+        assert not any(v.endswith(":/artifacts") for v in service.get("volumes", [])), name
+    assert "secretKey" in compose["configs"]["s3_identities"]["content"]
 
 
 def test_postgres_is_healthy_only_once_it_answers_over_tcp(compose: dict[str, Any]) -> None:
