@@ -17,6 +17,7 @@ from api.dashboard.routes import router as dashboard_router
 from api.errors import CatchAllMiddleware, install_error_handlers
 from api.events.routes import router as events_router
 from api.events.routes import stream_event_schemas
+from api.exports.routes import router as exports_router
 from api.health.routes import router as health_router
 from api.jobs.routes import router as jobs_router
 from api.limits import BodySizeLimitMiddleware
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         studies_router,
         metrics_router,
         checkpoints_router,
+        exports_router,
         uploads_router,
         events_router,
         plots_router,

@@ -10,6 +10,10 @@ from descent.settings import Settings, get_settings
 TRAIN_TASK = "training.run"
 # Makes a study's first trials (the API sends it when a study is created).
 STUDY_TASK = "study.top_up"
+# Exports a checkpoint's model to ONNX or TorchScript (the API sends it with an export's id).
+EXPORT_TASK = "export.run"
+# Posts a job's pending webhook deliveries in order (sent after an event is recorded).
+WEBHOOK_TASK = "webhooks.deliver"
 
 # ``sqla+…`` URLs use kombu's SQLAlchemy transport with a settable polling interval.
 TRANSPORT_ALIASES["sqla"] = "descent.broker:Transport"

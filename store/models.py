@@ -236,3 +236,72 @@ Job.params = column_property(  # type: ignore[attr-defined]
     .correlate_except(StudyTrial)
     .scalar_subquery()
 )
+
+
+class ExportStatus:
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TERMINAL = frozenset({SUCCEEDED, FAILED})
+
+
+class Export(Base):
+    """A checkpoint's model exported to ONNX or TorchScript by a worker, with the parity
+    check of its outputs against PyTorch's on the job's validation split. The exported file
+    does not need its checkpoint once written: the checkpoint may be retired meanwhile."""
+
+    __tablename__ = "exports"
+    __table_args__ = (Index("ix_exports_checkpoint_created", "checkpoint_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    checkpoint_id: Mapped[str] = mapped_column(String(32))
+    format: Mapped[str] = mapped_column(String(16))  # onnx | torchscript
+    status: Mapped[str] = mapped_column(String(16), default=ExportStatus.QUEUED)
+    # {"max_abs_diff": ..., "tolerance": ..., "samples": ...} once compared.
+    parity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    path: Mapped[str | None] = mapped_column(String(500))  # relative to the artifact store
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookSecret(Base):
+    """The key that signs a user's webhook deliveries; made on first use."""
+
+    __tablename__ = "webhook_secrets"
+
+    owner: Mapped[str] = mapped_column(
+        ForeignKey("users.name", ondelete="CASCADE"), primary_key=True
+    )
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event of a job for its `notify` URL, numbered in the job's order (seq). The row
+    is written in the transaction of the change it reports; a sender posts the job's rows
+    in seq order, each until it is accepted or its attempts run out."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(16))  # status | best | pruned
+    url: Mapped[str] = mapped_column(String(2000))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # pending | sending | delivered | failed
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # [{"attempt", "status_code", "error", "at"}], one entry per attempt.
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -11,7 +11,7 @@ from celery import shared_task
 
 from descent.queue import TRAIN_TASK
 from descent.settings import get_settings
-from worker import studies
+from worker import exports, studies  # noqa: F401  (exports registers its task)
 from worker.runner import CONNECTION, RetryableFailure, classify, run_job, worker_identity
 
 log = logging.getLogger(__name__)
