@@ -879,6 +879,11 @@ class EarlyStoppingSpec(_Strict):
 
 class CheckpointSpec(_Strict):
     keep_top_k: int = Field(3, ge=1, le=50)
+    # The cadence of the service's checkpoints: after every every_epochs-th epoch, and no
+    # sooner than min_interval_seconds after the last one; a new best epoch and the last
+    # epoch are always written. A crash redoes at most the epochs since the last checkpoint.
+    every_epochs: int = Field(1, ge=1, le=MAX_EPOCHS)
+    min_interval_seconds: float = Field(0.0, ge=0.0, le=24 * 3600.0)
 
 
 class JobSpec(_Strict):

@@ -44,6 +44,7 @@ from store.models import Checkpoint, Job, JobStatus, Metric
 from store.users import limits_for, used_device_hours
 from worker import studies
 from worker.resources import job_resources
+from worker.writer import Cadence, CheckpointWriter, Snapshot, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +285,9 @@ class WorkerHooks(TrainerHooks):
         self.trial = False
         self.pruned: dict[str, Any] | None = None
         self._mark = time.monotonic()
+        # Checkpoints on the spec's cadence, written off the training thread (worker/writer.py).
+        self.cadence: Cadence | None = None
+        self.writer = CheckpointWriter(f"checkpoints-{job.id}")
 
     def limit_runtime(self, max_runtime: float | None, runtime: float, epoch: int) -> None:
         """Stop after the epoch in which the job's training time passes max_runtime
@@ -311,15 +315,10 @@ class WorkerHooks(TrainerHooks):
         self._mark = time.monotonic()
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        """The epoch's metrics and the job's progress in one short transaction; then, when
+        the cadence says so, a snapshot of the state handed to the writer thread."""
         if self.lease.lost.is_set():
             raise LeaseLost(self.job_id)
-        # The attempt in the name: a worker presumed dead never overwrites the new run's files.
-        files = trainer.save_checkpoint(
-            self.artifacts.job_dir(self.job_id), f"epoch-{record.epoch:05d}-{self.attempt}"
-        )
-        # Stored (uploaded to an object store) before its row names it.
-        weights_key = self.artifacts.publish(Path(files.weights_path), files.sha256)
-        state_key = self.artifacts.publish(Path(files.state_path))
         seconds = time.monotonic() - self._mark
         self._mark = time.monotonic()
         with session_scope() as session:
@@ -339,24 +338,14 @@ class WorkerHooks(TrainerHooks):
             )
             for row in stale:
                 session.delete(row)
-            session.flush()
+                if job.best_checkpoint_id == row.id:
+                    job.best_checkpoint_id = None  # this run writes it again, if still best
             session.add_all(
                 Metric(
                     job_id=self.job_id, epoch=record.epoch, step=0, name=name, value=finite(value)
                 )
                 for name, value in record.metrics.items()
             )
-            checkpoint = Checkpoint(
-                job_id=self.job_id,
-                epoch=record.epoch,
-                value=finite(record.value),
-                weights_path=weights_key,
-                state_path=state_key,
-                bytes=files.bytes,
-                sha256=files.sha256,
-            )
-            session.add(checkpoint)
-            session.flush()
             job.epoch = record.epoch
             job.last_value = finite(record.value)
             job.best_epoch = record.best_epoch
@@ -366,16 +355,51 @@ class WorkerHooks(TrainerHooks):
                 job.diagnosis = record.diagnosis
             job.runtime_seconds = (job.runtime_seconds or 0.0) + seconds
             job.heartbeat_at = now()
-            if record.is_best:
-                job.best_checkpoint_id = checkpoint.id
-            doomed = stale + self._retire(session, job)
             self._check_budget(session)
             self._check_runtime(job.runtime_seconds, record.epoch)
             if self.trial and self.pruned is None and record.stop is None:
                 self.pruned = studies.prune(
                     session, self.job_id, record.epoch, trainer.spec.training.epochs
                 )
-        for row in doomed:
+        self._delete_files(stale)
+        if self.cadence is None:
+            self.cadence = Cadence(trainer.spec.checkpoints, trainer.spec.training.epochs)
+        # A run about to stop (a limit, a pruner, a cancel) ends with its last epoch's checkpoint.
+        if self.cadence.due(record) or self.should_stop():
+            self.writer.wait()  # one write in flight at most: one copy of the state in memory
+            self.writer.submit(self._store_checkpoint, snapshot(trainer, record))
+            self.cadence.written()
+
+    def _store_checkpoint(self, snap: Snapshot) -> None:
+        """On the writer thread: the files, stored, then the row that makes them durable."""
+        # The attempt in the name: a worker presumed dead never overwrites the new run's files.
+        stem = f"epoch-{snap.epoch:05d}-{self.attempt}"
+        files = snap.save(self.artifacts.job_dir(self.job_id), stem)
+        # Stored (uploaded to an object store) before its row names it.
+        weights_key = self.artifacts.publish(Path(files.weights_path), files.sha256)
+        state_key = self.artifacts.publish(Path(files.state_path))
+        with session_scope() as session:
+            job = session.get_one(Job, self.job_id, with_for_update=True)
+            if job.worker != self.lease.worker or job.status != JobStatus.RUNNING:
+                raise LeaseLost(self.job_id)  # its files are swept by the new holder
+            checkpoint = Checkpoint(
+                job_id=self.job_id,
+                epoch=snap.epoch,
+                value=finite(snap.value),
+                weights_path=weights_key,
+                state_path=state_key,
+                bytes=files.bytes,
+                sha256=files.sha256,
+            )
+            session.add(checkpoint)
+            session.flush()
+            if snap.is_best:
+                job.best_checkpoint_id = checkpoint.id
+            doomed = self._retire(session, job)
+        self._delete_files(doomed)
+
+    def _delete_files(self, rows: list[Checkpoint]) -> None:
+        for row in rows:
             self.artifacts.delete(row.weights_path)
             self.artifacts.delete(row.state_path)
 
@@ -474,10 +498,12 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
         hooks.limit_runtime(spec.training.max_runtime_seconds, _runtime(job_id), trainer.epoch)
         hooks.start_clock()
         result = trainer.train()
+        hooks.writer.wait()  # the last checkpoint is durable before the job ends
     except LeaseLost:
         log.warning("job %s: another worker holds it now; this run stops", job_id)
         return "lost"
     except Exception as exc:
+        hooks.writer.drain()  # a checkpoint handed off is kept: a retry resumes from it
         failure = classify(exc)
         message = describe(failure, exc)
         if failure == INTERNAL:
@@ -489,6 +515,7 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
         _fail(job_id, worker, message, failure, diagnosis=getattr(exc, "diagnosis", None))
         return "failed"
     finally:
+        hooks.writer.close()
         lease.done.set()
         lease.join()
     if lease.lost.is_set():

@@ -375,7 +375,9 @@ def test_a_kill_during_a_checkpoint_write_loses_nothing(
     )
     assert victim.returncode == -9  # killed, not finished
     job = job_row(job_id)
-    assert job.status == "running" and job.epoch == 2 and job.worker == "victim/1"
+    # Epoch 3's metrics commit before its checkpoint is written (off the training thread),
+    # and epoch 4's may too while that write is in flight: both are redone and replaced.
+    assert job.status == "running" and job.epoch in (3, 4) and job.worker == "victim/1"
     folder = get_artifacts().job_dir(job_id)
     leftovers = sorted(p.name for p in folder.iterdir())
     assert any(n.startswith(".epoch-00003-1.state.pt.") for n in leftovers), leftovers

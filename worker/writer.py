@@ -1,0 +1,155 @@
+"""Checkpoints written off the training thread, on a cadence.
+
+At the end of an epoch that is due a checkpoint (see ``Cadence``), the training thread takes
+a ``Snapshot``: the weights and the resume state with every tensor copied to the CPU, so the
+next epoch may change the model at once. A ``CheckpointWriter`` thread then serializes it,
+writes both files atomically (fsynced), publishes them to the artifact store (for S3: the
+upload) and commits the checkpoint row, while the next epoch trains.
+
+At most one write is in flight: the next hand-off first waits for the previous one, so
+memory holds one copy of the state at most. A write that failed raises its error on the
+training thread at the next hand-off, or when the run drains the writer at its end.
+
+A checkpoint is durable once its row is committed: its files are stored before the row
+names them, and retention only ever deletes checkpoints that have a row, so a write in
+flight is never deleted; a crash before the commit leaves files no row names, which the
+next run sweeps.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from core.checkpoint import (
+    STATE_SUFFIX,
+    WEIGHTS_SUFFIX,
+    CheckpointFiles,
+    atomic_write,
+    save_state,
+    weights_metadata,
+)
+from core.results import EpochRecord
+from core.spec import CheckpointSpec
+from core.train import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def cpu_copy(value: Any) -> Any:
+    """A deep copy of a state (dicts, lists, tuples of tensors and plain values) whose
+    tensors are detached copies on the CPU: training may go on changing the originals."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [cpu_copy(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(cpu_copy(item) for item in value)
+    return value
+
+
+@dataclass
+class Snapshot:
+    """What Trainer.save_checkpoint writes, copied at the end of an epoch."""
+
+    epoch: int
+    value: float | None  # the monitored metric at this epoch
+    is_best: bool
+    weights: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    state: dict[str, Any]
+
+    def save(self, directory: Path, stem: str) -> CheckpointFiles:
+        """<stem>.safetensors and <stem>.state.pt, each written atomically and fsynced."""
+        weights_path = directory / f"{stem}{WEIGHTS_SUFFIX}"
+        state_path = directory / f"{stem}{STATE_SUFFIX}"
+        data = safetensors.torch.save(self.weights, metadata=self.metadata)
+        atomic_write(weights_path, data)
+        save_state(self.state, state_path)
+        sha256 = hashlib.sha256(data).hexdigest()
+        return CheckpointFiles(weights_path, state_path, len(data), sha256)
+
+
+def snapshot(trainer: Trainer, record: EpochRecord) -> Snapshot:
+    """A copy of the trainer's state at the end of ``record``'s epoch, with the same contents
+    as ``trainer.save_checkpoint`` writes (weights, their metadata, the resume state)."""
+    spec = trainer.spec
+    value = trainer.last_value if trainer.last_value is not None else math.nan
+    metadata = weights_metadata(spec, trainer.epoch, trainer.early_stopping.monitor, value)
+    if spec.dataset.source == "upload":
+        metadata["dataset_info"] = json.dumps(trainer.data.info.to_meta())
+    if spec.source is not None:
+        metadata["backbone_spec"] = spec.source.model_dump_json()
+    # Separate contiguous copies: safetensors refuses tensors that share storage.
+    weights = {
+        name: tensor.detach().to("cpu", copy=True).contiguous()
+        for name, tensor in trainer.model.state_dict().items()
+    }
+    state = cpu_copy(trainer._state_dict())
+    return Snapshot(record.epoch, record.value, record.is_best, weights, metadata, state)
+
+
+class Cadence:
+    """Which epochs get a checkpoint: every ``every_epochs``-th epoch, once
+    ``min_interval_seconds`` have passed since the last one; always a new best epoch and the
+    last epoch (the epoch limit, or one that stops the run)."""
+
+    def __init__(
+        self,
+        spec: CheckpointSpec,
+        last_epoch: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.every, self.interval = spec.every_epochs, spec.min_interval_seconds
+        self.last_epoch, self.clock = last_epoch, clock
+        self.last_write = clock()
+
+    def due(self, record: EpochRecord) -> bool:
+        if record.is_best or record.stop is not None or record.epoch >= self.last_epoch:
+            return True
+        return record.epoch % self.every == 0 and self.clock() - self.last_write >= self.interval
+
+    def written(self) -> None:
+        self.last_write = self.clock()
+
+
+class CheckpointWriter:
+    """One background thread that runs writes one at a time, at most one in flight."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._pending: Future[None] | None = None
+
+    def submit(self, write: Callable[..., None], *args: Any) -> None:
+        """Run ``write(*args)`` on the writer thread, once the previous write has ended."""
+        self.wait()
+        self._pending = self._pool.submit(write, *args)
+
+    def wait(self) -> None:
+        """Wait for the write in flight, if any; raise its error if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def drain(self) -> None:
+        """Wait for the write in flight and log (not raise) its error: for a run that is
+        ending with an error of its own."""
+        try:
+            self.wait()
+        except Exception:
+            log.exception("a checkpoint write failed")
+
+    def close(self) -> None:
+        self.drain()
+        self._pool.shutdown(wait=True)
