@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query
 from api.deps import CurrentOwner, SessionDep, SettingsDep, TaskQueueDep
 from api.studies import service
 from api.studies.schemas import (
+    ImportancePublic,
     StudiesPublic,
     StudyPublic,
     StudySpec,
@@ -82,6 +83,20 @@ def list_trials(
         session, study, sort=sort, status=status, limit=limit, cursor=cursor
     )
     return TrialsPublic(items=items, next=next_cursor)
+
+
+@router.get(
+    "/{study_id}/importance",
+    responses={**NOT_FOUND, 409: {"description": "Too few trials have ended with a value"}},
+)
+def get_importance(study_id: str, session: SessionDep, owner: CurrentOwner) -> ImportancePublic:
+    """How much each parameter matters to the objective (Optuna's fANOVA evaluator;
+    the values sum to 1, most important first), from the trials that ended with a value:
+    succeeded ones, and pruned ones at their best value before they stopped. A parameter
+    only some trials have (inside a conditional choice) is left out. 409 until at least 8
+    trials have ended."""
+    study = service.get_study(session, study_id, owner=owner)
+    return service.importance(session, study)
 
 
 @router.post(

@@ -121,6 +121,8 @@ class StudiesPublic(BaseModel):
 
 
 class ImportancePublic(BaseModel):
+    """{parameter: importance}, summing to 1, most important first."""
+
     params: dict[str, float]
     trials: int
     evaluator: str

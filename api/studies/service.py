@@ -19,8 +19,10 @@ from api.encoding import as_utc, finite, json_safe
 from api.errors import Conflict, InvalidParameter, NotFound, TooManyRequests, Unavailable
 from api.jobs import service as jobs
 from api.queue import PUBLISH_RETRY_POLICY, TaskQueue
+from api.studies import importance as evaluate
 from api.studies.schemas import (
     EpochsPublic,
+    ImportancePublic,
     StudyPublic,
     StudySpec,
     TrialCounts,
@@ -385,6 +387,26 @@ def list_trials(
     page = views[start : start + limit]
     next_cursor = str(start + limit) if start + limit < len(views) else None
     return [trial_public(session, v, metric) for v in page], next_cursor
+
+
+def importance(session: Session, study: Study) -> ImportancePublic:
+    """Parameter importance from the trials that ended with a value (409 while fewer than
+    ``MIN_TRIALS`` have, or while they all share one value)."""
+    mode = study.spec["objective"]["mode"]
+    ended = [
+        (v.trial.raw, float(v.value))
+        for v in trials_of(session, study)
+        if v.value is not None and v.status in ("succeeded", "pruned")
+    ]
+    if len(ended) < evaluate.MIN_TRIALS:
+        raise Conflict(
+            f"parameter importance needs at least {evaluate.MIN_TRIALS} trials that ended "
+            f"with a value of the objective; {len(ended)} have so far"
+        )
+    if len({value for _, value in ended}) == 1:
+        raise Conflict(f"the {len(ended)} ended trials all have the same objective value")
+    found = evaluate.importances(study.spec["space"], ended, mode)
+    return ImportancePublic(params=found, trials=len(ended), evaluator=evaluate.EVALUATOR)
 
 
 # ---------------------------------------------------------------------------- cancel

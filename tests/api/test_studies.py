@@ -2,14 +2,16 @@
 study, and owners. No worker runs here: the studies' trials are made by the worker (see
 tests/worker/test_studies.py and tests/e2e/test_studies.py)."""
 
+import math
+import random
 from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from store.db import session_scope
-from store.models import Job, Study
-from tests.api.builders import bearer, make_user, spec
+from store.models import Job, Study, StudyTrial
+from tests.api.builders import add_epochs, bearer, make_job, make_user, spec
 
 
 def study(**changes: Any) -> dict[str, Any]:
@@ -125,3 +127,54 @@ def test_another_users_study_is_not_found(client: TestClient) -> None:
     assert client.post(f"/v1/studies/{mine}/cancel", headers=other).status_code == 404
     assert client.get("/v1/studies", headers=other).json()["items"] == []
     assert client.get(f"/v1/studies/{mine}").status_code == 200
+
+
+def ended_trial(study_id: str, number: int, params: dict[str, Any], raw: dict[str, Any],
+                value: float) -> None:
+    job_id = make_job(status="succeeded", study_id=study_id, params=params, epoch=1)
+    add_epochs(job_id, [{"val_loss": value}])
+    with session_scope() as session:
+        session.add(
+            StudyTrial(study_id=study_id, number=number, job_id=job_id, params=params, raw=raw)
+        )
+
+
+def test_importance_ranks_first_the_parameter_that_decides_the_objective(
+    client: TestClient,
+) -> None:
+    """val_loss is set by the learning rate alone (the hidden sizes are noise): the learning
+    rate's importance is the largest, by far; before 8 trials ended the answer is 409."""
+    body = study(
+        algorithm="random",
+        max_trials=20,
+        space={
+            "optimizer.lr": {"loguniform": [1e-4, 1e-1]},
+            "model.hidden": {"choice": [[8], [16], [32]]},
+            "training.batch_size": {"int": [16, 64], "step": 16},
+        },
+    )
+    study_id = client.post("/v1/studies", json=body).json()["id"]
+    url = f"/v1/studies/{study_id}/importance"
+    rng = random.Random(0)
+    for number in range(16):
+        lr = 10 ** rng.uniform(-4, -1)
+        hidden, batch = rng.randrange(3), rng.choice([16, 32, 48, 64])
+        raw = {"optimizer.lr": lr, "model.hidden": hidden, "training.batch_size": batch}
+        params = {**raw, "model.hidden": [[8], [16], [32]][hidden]}
+        ended_trial(study_id, number, params, raw, value=abs(math.log10(lr) + 2.5))
+        if number == 6:
+            answer = client.get(url)
+            assert answer.status_code == 409, answer.text
+            assert "at least 8 trials" in answer.json()["detail"]
+            assert "7 have so far" in answer.json()["detail"]
+    answer = client.get(url)
+    assert answer.status_code == 200, answer.text
+    found = answer.json()
+    assert found["trials"] == 16 and found["evaluator"] == "fanova"
+    importance = found["params"]
+    assert set(importance) == {"optimizer.lr", "model.hidden", "training.batch_size"}
+    assert list(importance)[0] == "optimizer.lr"
+    assert importance["optimizer.lr"] > 0.8, importance
+    assert abs(sum(importance.values()) - 1) < 1e-3
+    other = bearer(make_user("someone-else"))
+    assert client.get(url, headers=other).status_code == 404
