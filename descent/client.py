@@ -8,6 +8,9 @@
         frame = client.metrics_frame(job["id"])              # pandas, when it is installed
         client.download(job["id"], "best.safetensors")       # sha256 checked
         data = client.upload_dataset("train.csv", target="label")  # then {source: upload, id: ...}
+        study = client.submit_study("study.yaml")            # a hyperparameter search
+        study = client.wait_study(study["id"], on_update=lambda s: print(s["trials"]))
+        best_first = client.trials(study["id"], sort="objective")
 
 Without arguments the client takes the server from ``DESCENT_URL`` (default
 ``http://127.0.0.1:8000``) and the token from ``DESCENT_TOKEN``, else from the file
@@ -397,6 +400,86 @@ class DescentClient:
 
     def delete_weights(self, weights_id: str) -> None:
         self._request("DELETE", f"/v1/weights/{weights_id}")
+
+    # -- studies ----------------------------------------------------------------------------
+
+    def submit_study(self, study: str | Path | dict[str, Any]) -> dict[str, Any]:
+        """Start a study (a dict, a YAML/JSON file path, or YAML/JSON text): ``base``,
+        ``space``, ``algorithm``, ``max_trials``, ``parallelism``, ``pruner``..."""
+        answer: dict[str, Any] = self._request(
+            "POST", "/v1/studies", json=load_spec(study)
+        ).json()
+        return answer
+
+    def study(self, study_id: str) -> dict[str, Any]:
+        """The study: status, ``trials`` by status, ``best`` trial, ``epochs`` saved."""
+        answer: dict[str, Any] = self._request("GET", f"/v1/studies/{study_id}").json()
+        return answer
+
+    def studies(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Studies, newest first, following the cursor (at most ``limit`` of them)."""
+        out: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": min(200, limit - len(out)) if limit else 200}
+            if cursor:
+                params["cursor"] = cursor
+            page = self._request("GET", "/v1/studies", params=params).json()
+            out += page["items"]
+            cursor = page["next"]
+            if cursor is None or (limit is not None and len(out) >= limit):
+                return out
+
+    def trials(
+        self, study_id: str, sort: str = "number", status: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every trial of the study: ``sort`` is number, -number, objective (best first)
+        or -objective; ``status`` one of queued, running, succeeded, pruned, failed,
+        cancelled."""
+        out: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"sort": sort, "limit": 1000}
+            if status:
+                params["status"] = status
+            if cursor:
+                params["cursor"] = cursor
+            page = self._request("GET", f"/v1/studies/{study_id}/trials", params=params).json()
+            out += page["items"]
+            cursor = page["next"]
+            if cursor is None:
+                return out
+
+    def cancel_study(self, study_id: str) -> dict[str, Any]:
+        """Make no more trials; cancel the queued ones and stop the running ones."""
+        answer: dict[str, Any] = self._request("POST", f"/v1/studies/{study_id}/cancel").json()
+        return answer
+
+    def importance(self, study_id: str) -> dict[str, float]:
+        """{parameter: importance} (fANOVA; summing to 1, most important first). Raises
+        DescentError 409 until enough trials have ended."""
+        answer = self._request("GET", f"/v1/studies/{study_id}/importance").json()
+        params: dict[str, float] = answer["params"]
+        return params
+
+    def wait_study(
+        self,
+        study_id: str,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+        interval: float = 1.0,
+    ) -> dict[str, Any]:
+        """Poll the study until it is no longer running, calling ``on_update`` with it
+        whenever its trials or best change (and once at the start); returns it."""
+        seen: Any = None
+        while True:
+            study = self.study(study_id)
+            state = (study["status"], study["trials"], (study.get("best") or {}).get("job_id"))
+            if on_update is not None and state != seen:
+                on_update(study)
+            seen = state
+            if study["status"] != "running":
+                return study
+            time.sleep(interval)
 
     # -- live progress ----------------------------------------------------------------------
 

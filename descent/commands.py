@@ -9,6 +9,7 @@
     descent download ID [--best | --epoch N] -o FILE   save a checkpoint, sha256 verified
     descent datasets [upload FILE [--target COL] [--name N] | delete ID]   your datasets
     descent weights [upload FILE --arch A [--name N] | delete ID]          your backbone weights
+    descent study submit|list|show|trials|cancel   hyperparameter searches (descent/studies.py)
 
 The server is ``--url`` or ``DESCENT_URL`` (default http://127.0.0.1:8000); the token is
 ``--token``, or ``DESCENT_TOKEN``, or the ``token`` file of the local data folder that
@@ -555,3 +556,7 @@ def add_client_commands(sub: Any) -> None:
     q.add_argument("--name", help="a name for them")
     q = actions.add_parser("delete", parents=[again], help="delete a weights file")
     q.add_argument("upload_id", metavar="ID")
+
+    from descent.studies import add_study_commands  # descent study ... (hyperparameter search)
+
+    add_study_commands(sub, common)

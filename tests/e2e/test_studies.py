@@ -1,8 +1,16 @@
 """A study through the whole service: HTTP → broker → worker (top-up, trials) → HTTP."""
 
+import csv
+import io
+from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
+
+from descent.client import DescentClient, DescentError
 from tests.e2e.service import Service
+from tests.e2e.test_clients import cli, token_of
 from tests.timing import wait_for
 
 
@@ -56,3 +64,70 @@ def test_a_2x3_grid_runs_six_distinct_trials_and_reports_the_best(service: Servi
     assert job["study_id"] == study_id and job["params"] == best["params"]
     assert job["spec"]["optimizer"]["lr"] == best["params"]["optimizer.lr"]
     assert job["best"]["value"] == best["value"]
+
+
+def test_the_client_and_cli_follow_a_study_to_its_end(
+    embedded_service: Service, tmp_path: Path
+) -> None:
+    """`descent study submit --follow` prints a line as trials end and exits 0 once the study
+    completed; show, trials (table and CSV) and the Python client agree with it."""
+    service = embedded_service
+    study = {
+        "name": "iris-lr",
+        "base": {
+            "dataset": {"name": "iris", "seed": 0},
+            "model": {"arch": "mlp", "hidden": [8]},
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "training": {"epochs": 1, "batch_size": 32, "seed": 0},
+            "checkpoints": {"keep_top_k": 1},
+        },
+        "space": {"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}},
+        "algorithm": "random",
+        "max_trials": 3,
+        "parallelism": 2,
+        "seed": 3,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    done = cli(service, "study", "submit", str(path), "--follow", cwd=tmp_path, timeout=180)
+    assert done.returncode == 0, done.stderr + service.tail()
+    study_id = done.stdout.splitlines()[0]
+    assert f"iris-lr ({study_id}) completed: 3 trials (3 succeeded)" in done.stdout
+    lines = done.stderr.splitlines()
+    assert lines[-1].startswith(f"study {study_id}: 3/3 done (0 pruned, 0 failed), 0 running")
+    assert "; best val_loss " in lines[-1]
+
+    with DescentClient(service.url, token_of(service)) as client:
+        record = client.study(study_id)
+        assert record["status"] == "completed" and record["trials"]["succeeded"] == 3
+        assert study_id in [s["id"] for s in client.studies()]
+        best_first = client.trials(study_id, sort="objective")
+        assert [t["value"] for t in best_first] == sorted(t["value"] for t in best_first)
+        assert best_first[0]["job_id"] == record["best"]["job_id"]
+        assert client.wait_study(study_id)["status"] == "completed"
+        with pytest.raises(DescentError) as refused:
+            client.importance(study_id)  # 3 trials: too few
+        assert refused.value.status_code == 409
+        again = client.submit_study(path)
+        assert client.cancel_study(again["id"])["status"] == "cancelled"
+
+    table = cli(service, "study", "trials", study_id, "--sort", "objective", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].split() == [
+        "#", "STATUS", "VALUE", "EPOCH", "EPOCHS", "optimizer.lr", "STOP", "JOB"
+    ]  # fmt: skip
+    assert table.stdout.splitlines()[1].split()[-1] == best_first[0]["job_id"]
+    rows = list(csv.DictReader(io.StringIO(cli(service, "study", "trials", study_id, "--csv",
+                                               cwd=tmp_path).stdout)))  # fmt: skip
+    assert [float(r["value"]) for r in rows] == [
+        t["value"] for t in sorted(best_first, key=lambda t: t["number"])
+    ]
+    shown = cli(service, "study", "show", study_id, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert f"best: trial {record['best']['number']} (job {record['best']['job_id']})" in (
+        shown.stdout
+    )
+    assert "epochs: 3 trained, 3 without pruning (0 saved)" in shown.stdout
+    cancelled = cli(service, "study", "cancel", study_id, cwd=tmp_path)
+    assert cancelled.returncode == 1
+    assert "error 409" in cancelled.stderr and "already completed" in cancelled.stderr
