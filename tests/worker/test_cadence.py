@@ -1,0 +1,177 @@
+"""The checkpoint cadence (checkpoints.every_epochs, min_interval_seconds): which epochs get a
+checkpoint, that every epoch's metrics are still visible, and that a crash between two
+checkpoints redoes only the epochs since the last one, replacing their metrics."""
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from core.results import EpochRecord
+from core.spec import CheckpointSpec, JobSpec
+from core.train import Trainer
+from descent.settings import Settings
+from store.db import session_scope
+from store.models import Checkpoint, Job, Metric
+from tests.conftest import migrated
+from tests.worker.test_reliability import assert_same_run, files_match_rows, job_row
+from tests.worker.test_runner import make_job
+from worker.runner import run_job
+from worker.writer import Cadence
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Monitored on val_accuracy, which stops improving after epoch 5: the bests are epochs 1-5.
+SPEC: dict[str, Any] = {
+    "dataset": {"name": "iris", "seed": 0},
+    "model": {"arch": "mlp", "hidden": [16], "dropout": 0.2},
+    "optimizer": {"name": "adam", "lr": 0.05},
+    "schedule": {"name": "inverse_time", "decay": 0.05},
+    "training": {"epochs": 12, "batch_size": 16, "seed": 3, "device": "cpu"},
+    "early_stopping": {"monitor": "val_accuracy", "patience": 100},
+    "checkpoints": {"keep_top_k": 50, "every_epochs": 4},
+}
+
+
+def with_checkpoints(**fields: Any) -> dict[str, Any]:
+    return {**SPEC, "checkpoints": {**SPEC["checkpoints"], **fields}}
+
+
+def best_epochs(spec: dict[str, Any]) -> set[int]:
+    result = Trainer(JobSpec.model_validate(spec)).setup().train()
+    return {record.epoch for record in result.history if record.is_best}
+
+
+def checkpoint_epochs(job_id: str) -> set[int]:
+    with session_scope() as session:
+        return set(session.scalars(select(Checkpoint.epoch).where(Checkpoint.job_id == job_id)))
+
+
+def metric_rows(job_id: str) -> dict[int, int]:
+    """Rows per epoch of the job's metrics."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(Metric.epoch, func.count()).where(Metric.job_id == job_id).group_by(Metric.epoch)
+        ).all()
+    return {epoch: count for epoch, count in rows}
+
+
+def test_every_epochs_writes_every_nth_epoch_each_best_and_the_last(db_env: Settings) -> None:
+    bests = best_epochs(SPEC)
+    assert bests == {1, 2, 3, 4, 5}  # the premise: no best after epoch 5
+    job_id = make_job(SPEC)
+    assert run_job(job_id, worker="w/1") == "succeeded"
+    assert checkpoint_epochs(job_id) == {1, 2, 3, 4, 5, 8, 12}  # bests, 4th epochs, the last
+    job = job_row(job_id)
+    with session_scope() as session:
+        best = session.get_one(Checkpoint, job.best_checkpoint_id)
+    assert job.best_epoch == 5 and best.epoch == 5
+    # Metrics of every epoch are visible, once each.
+    rows = metric_rows(job_id)
+    assert sorted(rows) == list(range(1, 13)) and len(set(rows.values())) == 1
+    assert files_match_rows(job_id)
+
+
+def test_a_long_min_interval_leaves_only_the_bests_and_the_last(sqlite_env: Settings) -> None:
+    spec = with_checkpoints(every_epochs=1, min_interval_seconds=3600)
+    job_id = make_job(spec)
+    assert run_job(job_id, worker="w/1") == "succeeded"
+    assert checkpoint_epochs(job_id) == {1, 2, 3, 4, 5, 12}
+
+
+def test_a_run_stopped_early_ends_with_its_last_epochs_checkpoint(sqlite_env: Settings) -> None:
+    spec = {**SPEC, "early_stopping": {"monitor": "val_accuracy", "patience": 2}}
+    spec["checkpoints"] = {"keep_top_k": 50, "every_epochs": 100}
+    job_id = make_job(spec)
+    assert run_job(job_id, worker="w/1") == "succeeded"
+    job = job_row(job_id)
+    assert job.stop["reason"] == "early_stopping" and job.epoch == 7  # best 5, patience 2
+    assert checkpoint_epochs(job_id) == {1, 2, 3, 4, 5, 7}
+
+
+def test_the_default_cadence_writes_every_epoch() -> None:
+    spec = CheckpointSpec()
+    assert (spec.every_epochs, spec.min_interval_seconds) == (1, 0.0)
+    # A spec without the new fields keeps its hash: checkpoints written before still resume.
+    plain = JobSpec.model_validate({"dataset": {"name": "iris"}})
+    dumped = plain.model_dump(mode="json")
+    del dumped["checkpoints"]["every_epochs"], dumped["checkpoints"]["min_interval_seconds"]
+    assert plain.spec_hash() == JobSpec.model_validate(dumped).spec_hash()
+
+
+def record(epoch: int, *, best: bool = False) -> EpochRecord:
+    return EpochRecord(epoch, {}, "val_loss", 1.0, best, 1, 1.0, 0)
+
+
+def test_the_interval_counts_from_the_last_checkpoint() -> None:
+    now = [0.0]
+    clock: Callable[[], float] = lambda: now[0]  # noqa: E731
+    cadence = Cadence(CheckpointSpec(every_epochs=2, min_interval_seconds=10), 100, clock)
+    now[0] = 9.0
+    assert not cadence.due(record(2))  # its epoch, but too soon
+    assert cadence.due(record(3, best=True))  # a best is always written
+    cadence.written()
+    now[0] = 18.0
+    assert not cadence.due(record(4)) and not cadence.due(record(5))
+    now[0] = 19.0
+    assert cadence.due(record(6)) and not cadence.due(record(7))
+    assert cadence.due(record(100))  # the last epoch
+
+
+# ------------------------------------------------------------------ a crash between checkpoints
+
+VICTIM = """
+import os, signal, sys
+from worker import runner
+
+real = runner.WorkerHooks.on_epoch_end
+
+def on_epoch_end(self, trainer, record):
+    real(self, trainer, record)
+    if record.epoch == 11:  # its metrics are committed; its checkpoint is not due
+        self.writer.wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+runner.WorkerHooks.on_epoch_end = on_epoch_end
+runner.run_job(sys.argv[1], worker="victim/1")
+"""
+
+
+@pytest.fixture
+def fast_lease(configure: Callable[..., Settings], tmp_path: Path) -> Settings:
+    return migrated(
+        configure(
+            DESCENT_DATA_DIR=str(tmp_path / "data"),
+            DESCENT_LEASE_TIMEOUT_SECONDS="0.5",
+            DESCENT_HEARTBEAT_SECONDS="0.1",
+        )
+    )
+
+
+def test_a_crash_redoes_only_the_epochs_since_the_last_checkpoint(
+    fast_lease: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = make_job(SPEC)
+    victim = subprocess.run(
+        [sys.executable, "-c", VICTIM, job_id], cwd=ROOT, env=dict(os.environ), timeout=120
+    )
+    assert victim.returncode == -9
+    assert job_row(job_id).epoch == 11 and sorted(metric_rows(job_id)) == list(range(1, 12))
+    assert checkpoint_epochs(job_id) == {1, 2, 3, 4, 5, 8}
+    with session_scope() as session:  # the job's lease runs out (the victim's heartbeat stopped)
+        session.get_one(Job, job_id).heartbeat_at = None
+    with caplog.at_level("INFO", logger="worker.runner"):
+        assert run_job(job_id, worker="rescuer/2") == "succeeded"
+    assert "resumes after epoch 8" in caplog.text  # epochs 9-12 redone, no more
+    # The redone epochs' metrics replaced the first attempt's: one set per epoch, equal to
+    # an uninterrupted run's.
+    rows = metric_rows(job_id)
+    assert sorted(rows) == list(range(1, 13)) and len(set(rows.values())) == 1
+    assert_same_run(job_id, SPEC)
+    assert checkpoint_epochs(job_id) == {1, 2, 3, 4, 5, 8, 12}
+    assert job_row(job_id).attempt == 2 and files_match_rows(job_id)

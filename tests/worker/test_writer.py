@@ -1,0 +1,188 @@
+"""Checkpoints written off the training thread: the next epoch trains while the last one's
+checkpoint is written and stored, one write at most is in flight, a failed write fails the
+run (retried from the last durable checkpoint), and a kill in the middle of writing a best
+checkpoint loses neither the best checkpoint nor the run's outcome."""
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import safetensors.torch
+import torch
+from sqlalchemy import select
+
+from core.checkpoint import load_model, read_metadata
+from descent.settings import Settings
+from store.artifacts import LocalArtifacts, get_artifacts, sha256_matches
+from store.db import session_scope
+from store.models import Checkpoint, Job
+from tests.conftest import migrated
+from tests.timing import scaled, wait_for
+from tests.worker.test_reliability import SPEC, assert_same_run, files_match_rows, job_row
+from tests.worker.test_runner import make_job
+from worker import runner, writer
+from worker.runner import RetryableFailure, run_job
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class SlowStore(LocalArtifacts):
+    """The local folder, where storing epoch ``hold``'s weights waits for ``release``
+    (an upload to a slow object store)."""
+
+    def __init__(self, root: Path, hold: int) -> None:
+        super().__init__(root)
+        self.hold, self.release, self.held = hold, threading.Event(), threading.Event()
+
+    def publish(self, path: Path, sha256: str | None = None) -> str:
+        if path.name.startswith(f"epoch-{self.hold:05d}-") and path.suffix == ".safetensors":
+            self.held.set()
+            assert self.release.wait(scaled(60))
+            assert path.is_file() and sha256 is not None and sha256_matches(path, sha256)
+        return super().publish(path, sha256)
+
+
+def test_the_next_epoch_trains_while_a_checkpoint_is_stored(
+    db_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SlowStore(get_artifacts().root, hold=2)
+    monkeypatch.setattr(runner, "get_artifacts", lambda: store)
+    # Writes in flight each time the loop takes a snapshot (after its wait for the last one).
+    in_flight: list[int] = []
+    taken, stored = [0], [0]
+    real_snapshot, real_store = writer.snapshot, runner.WorkerHooks._store_checkpoint
+
+    def counted_snapshot(*args: Any) -> writer.Snapshot:
+        in_flight.append(taken[0] - stored[0])
+        taken[0] += 1
+        return real_snapshot(*args)
+
+    def counted_store(self: runner.WorkerHooks, snap: writer.Snapshot) -> None:
+        real_store(self, snap)
+        stored[0] += 1
+
+    monkeypatch.setattr(runner, "snapshot", counted_snapshot)
+    monkeypatch.setattr(runner.WorkerHooks, "_store_checkpoint", counted_store)
+    job_id = make_job(SPEC)
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(run_job(job_id, worker="w/1")))
+    thread.start()
+    try:
+        wait_for("epoch 2's checkpoint to be stored", store.held.is_set, 60)
+        # Epoch 3 trains and its metrics are committed while epoch 2's upload hangs.
+        wait_for("epoch 3's metrics", lambda: job_row(job_id).epoch >= 3, 60)
+        with session_scope() as session:
+            rows = set(session.scalars(select(Checkpoint.epoch).where(Checkpoint.job_id == job_id)))
+        assert rows == {1}  # epoch 2 is not durable yet: no row names its files
+        assert job_row(job_id).epoch == 3  # epoch 4 waits to hand its checkpoint over
+    finally:
+        store.release.set()
+        thread.join(scaled(60))
+    assert outcome == ["succeeded"]
+    assert in_flight == [0] * 6  # each hand-off found the writer idle: one copy in memory
+    assert job_row(job_id).epoch == 6 and files_match_rows(job_id)
+    assert_same_run(job_id, SPEC)
+
+
+def test_a_failed_upload_is_retried_from_the_last_durable_checkpoint(
+    sqlite_env: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_publish = LocalArtifacts.publish
+
+    def store_down(self: LocalArtifacts, path: Path, sha256: str | None = None) -> str:
+        if path.name.startswith("epoch-00003-"):
+            raise ConnectionError("the object store is unreachable")
+        return real_publish(self, path, sha256)
+
+    monkeypatch.setattr(LocalArtifacts, "publish", store_down)
+    job_id = make_job(SPEC)
+    with pytest.raises(RetryableFailure) as raised:
+        run_job(job_id, worker="w/1")
+    assert raised.value.failure == "connection" and "unreachable" in raised.value.message
+    job = job_row(job_id)
+    # Epoch 3's metrics were visible before its checkpoint failed; the lease is given back.
+    assert job.status == "queued" and job.epoch >= 3 and job.worker is None
+    monkeypatch.setattr(LocalArtifacts, "publish", real_publish)
+    with caplog.at_level("INFO", logger="worker.runner"):
+        assert run_job(job_id, worker="w/2") == "succeeded"
+    assert "resumes after epoch 2" in caplog.text
+    assert files_match_rows(job_id)  # epoch 3's unstored files are swept
+    assert_same_run(job_id, SPEC)
+
+
+# ------------------------------------------------------------------ a kill during a best's write
+
+VICTIM = """
+import os, signal, sys
+real_fsync = os.fsync
+
+def fsync(fd):
+    # Die as SIGKILL kills: in the middle of writing epoch 4's weights (a new best), before
+    # the temp file is renamed into place, on the writer thread.
+    if ".epoch-00004-1.safetensors." in os.readlink(f"/proc/self/fd/{fd}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_fsync(fd)
+
+os.fsync = fsync
+from worker.runner import run_job
+run_job(sys.argv[1], worker="victim/1")
+"""
+
+
+@pytest.fixture
+def fast_lease(configure: Callable[..., Settings], tmp_path: Path) -> Settings:
+    return migrated(
+        configure(
+            DESCENT_DATA_DIR=str(tmp_path / "data"),
+            DESCENT_LEASE_TIMEOUT_SECONDS="0.5",
+            DESCENT_HEARTBEAT_SECONDS="0.1",
+        )
+    )
+
+
+def best_checkpoint(job_id: str) -> Checkpoint:
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        return session.get_one(Checkpoint, job.best_checkpoint_id)
+
+
+def test_a_kill_while_a_best_checkpoint_is_written_keeps_the_best(fast_lease: Settings) -> None:
+    spec = {**SPEC, "checkpoints": {"keep_top_k": 1}}
+    job_id, reference = make_job(spec), make_job(spec)
+    victim = subprocess.run(
+        [sys.executable, "-c", VICTIM, job_id], cwd=ROOT, env=dict(os.environ), timeout=120
+    )
+    assert victim.returncode == -9
+    job = job_row(job_id)
+    assert job.status == "running" and job.epoch >= 4 and job.best_epoch >= 4
+    # The best checkpoint is still the last durable one (epoch 3), whole: it loads and its
+    # bytes match its sha256; the half-written file has no row.
+    artifacts = get_artifacts()
+    best = best_checkpoint(job_id)
+    assert best.epoch == 3
+    weights = artifacts.path(best.weights_path)
+    assert sha256_matches(weights, best.sha256)
+    load_model(None, weights)
+    leftovers = [p.name for p in artifacts.job_dir(job_id).iterdir()]
+    assert any(n.startswith(".epoch-00004-1.safetensors.") for n in leftovers), leftovers
+
+    with session_scope() as session:  # the victim's lease runs out
+        session.get_one(Job, job_id).heartbeat_at = None
+    assert run_job(job_id, worker="rescuer/2") == "succeeded"
+    assert run_job(reference, worker="w/3") == "succeeded"
+    # The resumed job's best checkpoint is byte for byte an uninterrupted run's.
+    # The resumed job's best checkpoint holds an uninterrupted run's weights, bit for bit
+    # (not its bytes: safetensors writes the metadata in no fixed order).
+    mine, theirs = (artifacts.path(best_checkpoint(j).weights_path) for j in (job_id, reference))
+    assert read_metadata(mine) == read_metadata(theirs)
+    expected = safetensors.torch.load_file(str(theirs))
+    for name, tensor in safetensors.torch.load_file(str(mine)).items():
+        assert torch.equal(tensor, expected[name]), name
+    assert best_checkpoint(job_id).epoch == job_row(reference).best_epoch
+    assert files_match_rows(job_id)
+    assert_same_run(job_id, spec)
