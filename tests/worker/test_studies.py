@@ -1,6 +1,8 @@
 """Studies in the worker against a real database: trials proposed from the recorded ones,
 made once, and pruned as their epochs are committed (the runner without Celery)."""
 
+import math
+import random
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -8,7 +10,7 @@ from sqlalchemy import func, select, update
 from descent.settings import Settings
 from store.db import session_scope
 from store.models import Job, Study, StudyTrial
-from tests.api.builders import make_user
+from tests.api.builders import make_job, make_user
 from worker import studies
 from worker.runner import run_job
 
@@ -171,3 +173,100 @@ def test_median_pruning_names_the_median_and_a_restarted_trial_stays_pruned(
     with session_scope() as session:
         again = session.get_one(Job, sent[1])
         assert again.epoch == 1 and again.attempt == 2 and again.stop["reason"] == "pruned"
+
+
+def active_trials(study_id: str) -> int:
+    with session_scope() as session:
+        return session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.study_id == study_id, Job.status.in_(("queued", "running")))
+        ) or 0
+
+
+def test_a_study_never_exceeds_its_owners_limit_of_jobs_at_once(sqlite_env: Settings) -> None:
+    """active_jobs=1, parallelism 3: one trial at a time (none while another job of the
+    owner is queued), and the study still completes with its max_trials trials."""
+    make_user(active_jobs=1)
+    other = make_job(status="queued", owner="local")
+    study_id = make_study({"optimizer.lr": {"choice": [0.05, 0.1, 0.2]}}, algorithm="grid",
+                          max_trials=3, parallelism=3,
+                          base={**BASE, "training": {**BASE["training"], "epochs": 1}})  # fmt: skip
+    sent: list[str] = []
+
+    def send(job_id: str, queue: str) -> None:
+        sent.append(job_id)
+
+    assert studies.top_up(study_id, send, sqlite_env) == []  # the owner's one job is queued
+    with session_scope() as session:
+        session.get_one(Job, other).status = "cancelled"
+    studies.after_job(other, send, sqlite_env)
+    most = 0
+    while sent:
+        most = max(most, active_trials(study_id))
+        job_id = sent.pop(0)
+        assert studies.top_up(study_id, send, sqlite_env) == []  # no room while it is queued
+        assert run_job(job_id, worker="w1", settings=sqlite_env) == "succeeded"
+        studies.after_job(job_id, send, sqlite_env)
+    assert most == 1
+    with session_scope() as session:
+        assert session.get_one(Study, study_id).status == "completed"
+    assert len(trials(study_id)) == 3
+
+
+def test_a_used_up_compute_budget_holds_a_study_until_it_is_raised(sqlite_env: Settings) -> None:
+    make_user(device_hours=1.0)
+    study_id = make_study({"optimizer.lr": {"choice": [0.05, 0.1]}}, algorithm="grid",
+                          max_trials=2, parallelism=1,
+                          base={**BASE, "training": {**BASE["training"], "epochs": 1}})  # fmt: skip
+    sent: list[str] = []
+
+    def send(job_id: str, queue: str) -> None:
+        sent.append(job_id)
+
+    studies.top_up(study_id, send, sqlite_env)
+    assert len(sent) == 1
+    run_job(sent[0], worker="w1", settings=sqlite_env)
+    # Another job of the owner used up the budget: the study makes no trial...
+    make_job(status="succeeded", owner="local", runtime_seconds=3600.0)
+    studies.after_job(sent[0], send, sqlite_env)
+    assert len(sent) == 1 and len(trials(study_id)) == 1
+    with session_scope() as session:
+        assert session.get_one(Study, study_id).status == "running"
+    # ... until the budget is raised: the next job's end makes it.
+    make_user(device_hours=2.0)
+    studies.after_job(sent[0], send, sqlite_env)
+    assert len(sent) == 2 and len(trials(study_id)) == 2
+
+
+def test_tpe_with_a_seed_proposes_the_same_point_from_the_same_trials() -> None:
+    """Past TPE's 10 random start-up trials, the point proposed from the same recorded
+    trials is the same for the same seed and differs for another seed."""
+    space = {
+        "optimizer.lr": {"loguniform": [1e-4, 1e-1]},
+        "model.hidden": {"choice": [[8], [16, 8]]},
+        "regularization.weight_decay": {"uniform": [0.0, 0.01]},
+    }
+    rng = random.Random(0)
+    records = []
+    for number in range(12):
+        point = {
+            "optimizer.lr": 10 ** rng.uniform(-4, -1),
+            "model.hidden": rng.randrange(2),
+            "regularization.weight_decay": rng.uniform(0, 0.01),
+        }
+        value = abs(math.log10(point["optimizer.lr"]) + 2) + point["model.hidden"]
+        records.append(
+            studies.TrialRecord(number, f"j{number}", "succeeded", point, {}, None, {1: value})
+        )
+
+    def proposed(seed: int) -> dict[str, Any] | None:
+        spec = {"space": space, "objective": {"metric": "val_loss", "mode": "min"},
+                "algorithm": "tpe", "seed": seed}  # fmt: skip
+        return studies.propose(Study(id="s", spec=spec), records, 12)
+
+    first = proposed(5)
+    assert first is not None and first == proposed(5)
+    assert first != proposed(6)
+    # TPE, not random: it proposes near the best trials' learning rate (1e-2).
+    assert -3.5 < math.log10(first["optimizer.lr"]) < -0.5
