@@ -24,8 +24,9 @@ from collections.abc import Callable, Sequence
 
 API_APP = "api.main:app"
 CELERY_APP = "worker.app:celery_app"
-# How long a stopping worker may spend on its running task before it is killed; the job
-# then resumes from its last checkpoint on the next start.
+# How long a stopping worker may take before it is killed. On SIGTERM its running job stops
+# at its next training step and is queued again (worker/tasks.py), to resume from the last
+# checkpoint: a step, and a checkpoint write should the signal come during one, fit in it.
 WORKER_GRACE_SECONDS = 10.0
 # `descent serve` starts its worker again when it dies (the kernel's OOM killer, a crash):
 # after 1 s, doubling up to 60 s while it keeps dying within a minute of its start.
@@ -163,17 +164,18 @@ class WorkerSupervisor(threading.Thread):
             delay = min(delay * 2, RESTART_BACKOFF_SECONDS[1])
 
     def stop(self) -> None:
-        """Warm shutdown (SIGTERM: the running task may finish) for WORKER_GRACE_SECONDS,
-        then SIGKILL. The solo pool runs the task in the worker's main thread, where Celery's
-        cold shutdown (SIGQUIT) only takes effect once the task returns."""
+        """Warm shutdown (SIGTERM: the running job stops at its next step and is queued
+        again) for WORKER_GRACE_SECONDS, then SIGKILL. The solo pool runs the task in the
+        worker's main thread, where Celery's cold shutdown (SIGQUIT) only takes effect once
+        the task returns."""
         with self.lock:
             self.stopping.set()
             process = self.process
         if process is None or process.poll() is not None:
             return
         _say(
-            f"stopping the worker; a running job gets {WORKER_GRACE_SECONDS:.0f} s, "
-            "then resumes from its last checkpoint at the next start"
+            "stopping the worker; a running job stops at its next step and resumes from its "
+            "last checkpoint at the next start"
         )
         process.send_signal(signal.SIGTERM)
         self.join(WORKER_GRACE_SECONDS)

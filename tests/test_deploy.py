@@ -83,10 +83,16 @@ def test_compose_runs_every_process_of_the_service(compose: dict[str, Any]) -> N
     assert descent_commands(compose) == {
         "migrate": ["descent", "migrate"],
         "api": ["descent", "api", "--host", "0.0.0.0", "--port", "8000"],
-        "worker-gpu-0": ["descent", "worker", "--queues", "gpu,cpu", "--concurrency", "1"],
+        "worker-gpu-0": ["descent", "worker", "--queues", "gpu,cpu"],
         "worker-cpu": ["descent", "worker", "--queues", "cpu"],
     }
     assert services["api"]["ports"] == ["8000:8000"]
+    # A dead worker is started again; a stopping one has time to hand its job back.
+    workers = [name for name in services if name.startswith("worker")]
+    assert workers == ["worker-gpu-0", "worker-cpu"]
+    for name in workers:
+        assert services[name]["restart"] == "unless-stopped", name
+        assert services[name]["stop_grace_period"] == "30s", name
     assert "deploy" not in services["worker-cpu"] or "reservations" not in (
         services["worker-cpu"]["deploy"]["resources"]
     )

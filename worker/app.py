@@ -5,7 +5,12 @@ import gc
 import logging
 from typing import Any
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from descent.queue import TRAIN_TASK, make_celery
 from descent.settings import get_settings
@@ -19,9 +24,19 @@ import torch._dynamo  # noqa: E402,F401
 
 import worker.gpu  # noqa: E402,F401  (gpu-queue workers need CUDA; DESCENT_WORKER_THREADS)
 import worker.tasks  # noqa: E402,F401  (registers the tasks)
+from worker.runner import PREEMPTED  # noqa: E402
 
 log = logging.getLogger(__name__)
 _sweeper: Any = None
+
+
+@worker_shutting_down.connect
+def _preempt(how: str = "", **_: Any) -> None:
+    """SIGTERM or SIGINT (Celery's warm shutdown, which waits for the running task): the
+    running job stops at its next step and is queued again for another worker (see
+    worker/tasks.py). Runs in the signal handler: it only sets an event."""
+    if how == "Warm":
+        PREEMPTED.set()
 
 
 @worker_process_init.connect
@@ -42,6 +57,8 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
     from worker.sweeper import Sweeper
 
     settings = get_settings()
+    if hasattr(sender, "task_consumer"):
+        worker.tasks.consumer = sender  # so that a stopping worker can stop taking tasks
     app = getattr(sender, "app", None) or celery_app
 
     def send(job_id: str, queue: str) -> None:

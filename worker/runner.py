@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 
 CANCEL_POLL_EVERY = 0.2
 
+# Set when the worker is asked to stop (SIGTERM: a redeploy, a spot or preemptible machine
+# taken back; see worker/app.py): the running job stops at its next step, and the task hands
+# it back to the queue to resume from its last checkpoint on another worker.
+PREEMPTED = threading.Event()
 # Failure classes (settings.retry_failures names the ones retried).
 WORKER_LOST = "worker_lost"
 CONNECTION = "connection"
@@ -311,6 +315,16 @@ class WorkerHooks(TrainerHooks):
             or self.pruned is not None
         )
 
+            or PREEMPTED.is_set()
+        )
+
+    def stopped_itself(self) -> bool:
+        """Stopped for a reason of the job's own (a cancel, a limit, a pruner), not the worker's."""
+        return (
+            self.lease.cancelled.is_set()
+            or self.budget_used_up is not None
+            or self.runtime_used_up is not None
+            or self.pruned is not None
     def start_clock(self) -> None:
         self._mark = time.monotonic()
 
@@ -522,6 +536,8 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
         return "lost"
     if hooks.budget_used_up is not None and result.status == "cancelled":
         _fail(job_id, worker, hooks.budget_used_up, "budget", reason="budget")
+    if result.status == "cancelled" and PREEMPTED.is_set() and not hooks.stopped_itself():
+        return "preempted"  # the task hands the job back (worker/tasks.py)
         return "failed"
     stop = None
     if (

@@ -6,13 +6,25 @@ is retried with a capped exponential backoff, and resumes from the job's last ch
 """
 
 import logging
+from typing import Any
 
 from celery import shared_task
+from celery.exceptions import Reject
+from sqlalchemy import update
 
 from descent.queue import TRAIN_TASK
 from descent.settings import get_settings
+from store.db import session_scope
+from store.models import Job, JobStatus
 from worker import exports, studies  # noqa: F401  (exports registers its task)
-from worker.runner import CONNECTION, RetryableFailure, classify, run_job, worker_identity
+from worker.runner import (
+    CONNECTION,
+    PREEMPTED,
+    RetryableFailure,
+    classify,
+    run_job,
+    worker_identity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +41,59 @@ def _after_job(app, job_id: str) -> None:  # type: ignore[no-untyped-def]
         log.exception("job %s: topping up its owner's studies failed", job_id)
 
 
+# The worker's consumer of task messages, set when the worker is ready (worker/app.py).
+consumer: Any = None
+
+
+def stop_consuming() -> None:
+    """Take no more tasks (a stopping worker: the job it hands back goes to another)."""
+    if consumer is None or consumer.task_consumer is None:
+        return
+    try:
+        consumer.task_consumer.cancel()
+    except Exception as exc:  # noqa: BLE001 - the broker gives back what it delivers later
+        log.warning("could not stop taking tasks: %s", exc)
+
+
+def hand_back(app, job_id: str, worker: str) -> None:  # type: ignore[no-untyped-def]
+    """A job stopped because its worker is stopping: queue it again at once, for another
+    worker to resume from its last checkpoint (the epoch it was in is redone).
+
+    Its lease is released first (a delivery to a worker that sees the lease held does
+    nothing), and the attempt it used is not counted: a preemption is not a failure. This
+    worker stops taking tasks before the job is sent, so that another worker gets it. If
+    the broker cannot take it, the job is left as a lost worker's, for a sweeper."""
+    with session_scope() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or job.worker != worker or job.status != JobStatus.RUNNING:
+            return
+        job.status, job.worker, job.heartbeat_at = JobStatus.QUEUED, None, None
+        job.attempt = max(0, job.attempt - 1)
+        queue, epoch = job.queue, job.epoch
+    stop_consuming()
+    try:
+        app.send_task(TRAIN_TASK, args=[job_id], queue=queue)
+    except Exception:
+        log.exception("job %s: could not be queued again; a sweeper resumes it", job_id)
+        with session_scope() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.worker.is_(None))
+                .values(status=JobStatus.RUNNING, attempt=Job.attempt + 1, heartbeat_at=None)
+            )
+        return
+    log.warning("job %s: the worker is stopping; queued again to resume after epoch %d",
+                job_id, epoch)  # fmt: skip
+
+
 @shared_task(name=TRAIN_TASK, bind=True)
 def train(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
     settings = get_settings()
     worker = worker_identity(self.request.hostname or "worker")
+    if PREEMPTED.is_set():
+        # Delivered while this worker stops: given back for another worker, untouched.
+        stop_consuming()
+        raise Reject("this worker is stopping", requeue=True)
     try:
         outcome = run_job(job_id, worker=worker, settings=settings)
     except RetryableFailure as exc:
@@ -45,7 +106,10 @@ def train(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
         failure = exc
     else:
         log.info("job %s: %s", job_id, outcome)
-        _after_job(self.app, job_id)
+        if outcome == "preempted":
+            hand_back(self.app, job_id, worker)
+        else:
+            _after_job(self.app, job_id)
         return outcome
     countdown = backoff(self.request.retries, settings.retry_backoff_max_seconds)
     log.warning("job %s: %s; retrying in %.0f s", job_id, failure, countdown)

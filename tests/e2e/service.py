@@ -123,12 +123,15 @@ class Service:
                 out.append(f"--- {path.name}, its last requests\n" + "\n".join(access[-requests:]))
         return "\n".join(out)
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``python *args`` in the service's environment (with ``env`` over it)."""
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         process = subprocess.Popen(
             [sys.executable, *args],
             cwd=ROOT,
-            env=self.env,
+            env=self.env | (env or {}),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

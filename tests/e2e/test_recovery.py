@@ -6,18 +6,22 @@ server of this module's own (append-only), which the tests restart, and workers 
 - A worker killed (SIGKILL) at epoch 3 of 10, in the process that runs the job (the solo
   pool runs it in the worker itself): a new worker's sweeper queues the job again, it resumes
   from its checkpoint, and its metrics equal an uninterrupted run's.
+- A worker stopped (SIGTERM, as a redeploy or a spot machine's reclaim does): it hands its job
+  back at the next step, and another worker resumes it at once, with the same metrics.
 - PostgreSQL cut off mid-job (through a proxy the test controls): the API answers 503 with a
   reason, the worker retries, and no finished epoch is lost.
 """
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,10 +177,10 @@ class Stack(Service):
     redis: RedisServer | None = None
     proxy: "Proxy | None" = None  # between every process of the stack and PostgreSQL
 
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """``descent worker``, as production starts it (one job at a time, in its process)."""
         process = self.start(
-            name, "-m", "descent", "worker", "--queues", "cpu,gpu", "--name", f"{name}@%h"
+            name, "-m", "descent", "worker", "--queues", "cpu,gpu", "--name", f"{name}@%h", env=env
         )
 
         def ready() -> bool:
@@ -345,6 +349,69 @@ def test_a_killed_worker_is_replaced_and_the_job_resumes(
         log.info("worker killed after epoch %d: largest metric gap %.2e", killed_at, worst)
     finally:
         kill_group(second)
+
+
+# Longer, so that the worker is stopped mid-job.
+PREEMPT_SPEC: dict[str, Any] = {
+    **RESUME_SPEC,
+    "name": "preempted",
+    "training": {**RESUME_SPEC["training"], "epochs": 40},
+}
+
+
+@pytest.fixture(scope="module")
+def preempt_reference() -> dict[int, dict[str, float]]:
+    from core.train import Trainer
+
+    result = Trainer(PREEMPT_SPEC).setup().train()
+    return {record.epoch: dict(record.metrics) for record in result.history}
+
+
+def test_a_stopped_worker_hands_its_job_to_another_at_once(
+    stack: Stack, preempt_reference: dict[int, dict[str, float]]
+) -> None:
+    """SIGTERM (a redeploy, a spot machine taken back): the job stops at its next step, and
+    another worker resumes it from its last checkpoint at once, not after the lease timeout."""
+    # Leases that outlive the test: only the stopping worker's hand back can move the job.
+    no_sweep = {"DESCENT_LEASE_TIMEOUT_SECONDS": "600", "DESCENT_SWEEP_SECONDS": "600"}
+    workers = {name: stack.start_worker(name, no_sweep) for name in ("spot-a", "spot-b")}
+    try:
+        job = stack.submit(PREEMPT_SPEC)
+        stack.wait(job["id"], until=lambda j: j["epoch"] >= 2, timeout=180, what="to pass epoch 2")
+        holder = stack.row(job["id"])["worker"].rpartition("/")[2]
+        [doomed] = [name for name, process in workers.items() if str(process.pid) == holder]
+        [standby] = [name for name in workers if name != doomed]
+        reached = stack.job(job["id"])["epoch"]
+        stopped = time.monotonic()
+        workers[doomed].send_signal(signal.SIGTERM)
+
+        def on_standby() -> bool:
+            return (stack.row(job["id"])["worker"] or "").endswith(f"/{workers[standby].pid}")
+
+        wait_for("the other worker to take the job", on_standby, 10, interval=0.02,
+                 detail=stack.tail)  # fmt: skip
+        resumed_in = time.monotonic() - stopped
+        # The stopping worker exits cleanly well within its grace period.
+        assert workers[doomed].wait(timeout=scaled(10)) == 0, stack.tail()
+        final = stack.wait(job["id"], timeout=180)
+        # A preemption is not a failed attempt.
+        assert final["status"] == "succeeded" and final["attempt"] == 1, final
+        worst = assert_equals_reference(stack, job["id"], preempt_reference)
+        handed = re.search(r"queued again to resume after epoch (\d+)", stack.log(doomed))
+        assert handed, stack.tail()
+        epoch = int(handed[1])
+        # Every epoch finished before the signal is kept: at most the one running is redone.
+        assert reached <= epoch < PREEMPT_SPEC["training"]["epochs"]
+        assert f"resumes after epoch {epoch}" in stack.log(standby)
+        assert resumed_in < scaled(3), resumed_in
+        log.info(
+            "SIGTERM after epoch %d: resumed on the other worker in %.2f s after epoch %d; "
+            "largest metric gap %.2e", reached, resumed_in, epoch, worst,
+        )  # fmt: skip
+    finally:
+        for process in workers.values():
+            if process.poll() is None:
+                kill_group(process)
 
 
 def test_a_database_outage_answers_503_and_loses_no_epoch(

@@ -245,6 +245,75 @@ def test_a_lost_connection_is_retried_from_the_last_checkpoint(
     assert_same_run(job_id, SPEC)
 
 
+def test_a_preempted_job_stops_at_its_next_step_and_is_handed_back(
+    sqlite_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM sets runner.PREEMPTED (worker/app.py): the job stops within the epoch it is in,
+    keeps every finished epoch, and is queued again without counting an attempt."""
+    from worker.tasks import hand_back
+
+    job_id = make_job(SPEC)
+    real_epoch_end = runner.WorkerHooks.on_epoch_end
+    steps: list[int] = []
+    real_should_stop = runner.WorkerHooks.should_stop
+
+    def preempt_in_epoch_4(self: runner.WorkerHooks, trainer: Trainer, record: Any) -> None:
+        real_epoch_end(self, trainer, record)
+        if record.epoch == 3:
+            steps.clear()
+
+    def counting(self: runner.WorkerHooks) -> bool:
+        steps.append(1)
+        if len(steps) == 3 and job_row(job_id).epoch == 3:
+            runner.PREEMPTED.set()  # the signal, during the third step of epoch 4
+        return real_should_stop(self)
+
+    monkeypatch.setattr(runner.WorkerHooks, "on_epoch_end", preempt_in_epoch_4)
+    monkeypatch.setattr(runner.WorkerHooks, "should_stop", counting)
+    sent: list[tuple[str, list[str], str]] = []
+
+    class App:
+        def send_task(self, name: str, args: list[str], queue: str) -> None:
+            sent.append((name, args, queue))
+
+    try:
+        assert run_job(job_id, worker="w/1") == "preempted"
+        assert len(steps) == 3  # stopped at the step after the signal, not the epoch's end
+        job = job_row(job_id)
+        assert job.status == "running" and job.worker == "w/1" and job.epoch == 3
+        hand_back(App(), job_id, "w/1")
+    finally:
+        runner.PREEMPTED.clear()
+    assert sent == [("training.run", [job_id], "cpu")]
+    job = job_row(job_id)
+    assert job.status == "queued" and job.worker is None and job.heartbeat_at is None
+    assert job.attempt == 0 and job.epoch == 3 and sorted(stored_metrics(job_id)) == [1, 2, 3]
+    monkeypatch.undo()
+    assert run_job(job_id, worker="w/2") == "succeeded"
+    assert job_row(job_id).attempt == 1  # the preemption did not count
+    assert_same_run(job_id, SPEC)
+
+
+def test_a_preempted_job_the_broker_cannot_take_is_left_for_the_sweeper(
+    fast_lease: Settings,
+) -> None:
+    from worker.tasks import hand_back
+
+    job_id = make_job(SPEC)
+    assert claim(job_id, "w/1") is not None
+
+    class DownBroker:
+        def send_task(self, *args: Any, **kwargs: Any) -> None:
+            raise ConnectionError("redis is down")
+
+    hand_back(DownBroker(), job_id, "w/1")
+    job = job_row(job_id)
+    assert job.status == "running" and job.heartbeat_at is None and job.attempt == 1
+    sent: list[str] = []
+    assert sweep(get_sessionmaker(), lambda job, queue: sent.append(job), fast_lease) == [job_id]
+    assert sent == [job_id]
+
+
 def test_the_task_retries_connection_failures_with_a_capped_backoff() -> None:
     from worker.tasks import backoff
 
