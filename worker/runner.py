@@ -49,11 +49,11 @@ from worker.writer import Cadence, CheckpointWriter, Snapshot, snapshot
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_EVERY = 0.2
-
 # Set when the worker is asked to stop (SIGTERM: a redeploy, a spot or preemptible machine
 # taken back; see worker/app.py): the running job stops at its next step, and the task hands
 # it back to the queue to resume from its last checkpoint on another worker.
 PREEMPTED = threading.Event()
+
 # Failure classes (settings.retry_failures names the ones retried).
 WORKER_LOST = "worker_lost"
 CONNECTION = "connection"
@@ -313,8 +313,6 @@ class WorkerHooks(TrainerHooks):
             or self.budget_used_up is not None
             or self.runtime_used_up is not None
             or self.pruned is not None
-        )
-
             or PREEMPTED.is_set()
         )
 
@@ -325,6 +323,8 @@ class WorkerHooks(TrainerHooks):
             or self.budget_used_up is not None
             or self.runtime_used_up is not None
             or self.pruned is not None
+        )
+
     def start_clock(self) -> None:
         self._mark = time.monotonic()
 
@@ -534,10 +534,10 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
         lease.join()
     if lease.lost.is_set():
         return "lost"
-    if hooks.budget_used_up is not None and result.status == "cancelled":
-        _fail(job_id, worker, hooks.budget_used_up, "budget", reason="budget")
     if result.status == "cancelled" and PREEMPTED.is_set() and not hooks.stopped_itself():
         return "preempted"  # the task hands the job back (worker/tasks.py)
+    if hooks.budget_used_up is not None and result.status == "cancelled":
+        _fail(job_id, worker, hooks.budget_used_up, "budget", reason="budget")
         return "failed"
     stop = None
     if (
