@@ -2,6 +2,9 @@
 
 import csv
 import io
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +12,10 @@ import pytest
 import yaml
 
 from descent.client import DescentClient, DescentError
-from tests.e2e.service import Service
+from tests.e2e.service import Service, running, start_embedded
 from tests.e2e.test_clients import cli, token_of
-from tests.timing import wait_for
+from tests.e2e.test_worker_restart import training_pid, worker_pid
+from tests.timing import scaled, wait_for
 
 
 def test_a_2x3_grid_runs_six_distinct_trials_and_reports_the_best(service: Service) -> None:
@@ -131,3 +135,65 @@ def test_the_client_and_cli_follow_a_study_to_its_end(
     cancelled = cli(service, "study", "cancel", study_id, cwd=tmp_path)
     assert cancelled.returncode == 1
     assert "error 409" in cancelled.stderr and "already completed" in cancelled.stderr
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A service of this module's own: its worker is killed."""
+    yield from running(start_embedded(tmp_path_factory.mktemp("study-kill")))
+
+
+def test_a_study_survives_its_worker_killed_mid_trial(serve: Service) -> None:
+    """SIGKILL the process training a trial: after the restart no trial is lost or run
+    twice (each trial one job, each epoch once), and the study completes with max_trials."""
+    base = {
+        "dataset": {"name": "digits", "val_fraction": 0.2, "seed": 0},
+        "model": {"arch": "mlp", "hidden": [16]},
+        "optimizer": {"name": "adam", "lr": 0.005},
+        # Each trial trains a few seconds (scaled), then ends a success: killed at epoch 2
+        # it cannot have ended.
+        "training": {"epochs": 10_000, "batch_size": 64, "seed": 0, "device": "cpu",
+                     "max_runtime_seconds": scaled(3)},  # fmt: skip
+        "checkpoints": {"keep_top_k": 1},
+    }
+    body = {
+        "name": "killed",
+        "base": base,
+        "space": {"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-2]}},
+        "algorithm": "random",
+        "max_trials": 4,
+        "parallelism": 2,
+        "seed": 1,
+    }
+    worker = wait_for("a running worker", lambda: worker_pid(serve), 60, detail=serve.tail)
+    answer = serve.http.post("/v1/studies", json=body)
+    assert answer.status_code == 201, answer.text
+    study_id = answer.json()["id"]
+
+    def trial_past_epoch_2() -> dict[str, Any] | None:
+        for trial in serve.http.get(f"/v1/studies/{study_id}/trials").json()["items"]:
+            if trial["status"] == "running" and trial["epochs"] >= 2:
+                return trial
+        return None
+
+    killed = wait_for("a trial past epoch 2", trial_past_epoch_2, 120, detail=serve.tail)
+    os.kill(training_pid(worker), signal.SIGKILL)
+
+    def ended() -> dict[str, Any] | None:
+        study = serve.http.get(f"/v1/studies/{study_id}").json()
+        return study if study["status"] != "running" else None
+
+    study = wait_for("the study to complete", ended, 300, detail=serve.tail)
+    assert study["status"] == "completed", study
+    assert study["trials"]["total"] == 4 and study["trials"]["succeeded"] == 4, study
+    items = serve.http.get(f"/v1/studies/{study_id}/trials").json()["items"]
+    assert [t["number"] for t in items] == [0, 1, 2, 3]
+    assert len({t["job_id"] for t in items}) == 4
+    jobs = serve.http.get("/v1/jobs", params={"limit": 200}).json()["items"]
+    assert sum(job.get("study_id") == study_id for job in jobs) == 4  # no trial made twice
+    for trial in items:
+        job = serve.job(trial["job_id"])
+        epochs = [item["epoch"] for item in serve.metrics(trial["job_id"])]
+        assert epochs == list(range(1, job["epoch"] + 1)), (trial["number"], epochs)
+        assert job["attempt"] == (2 if trial["job_id"] == killed["job_id"] else 1), job
+    assert f"job {killed['job_id']} resumes after epoch" in serve.log_text()
