@@ -1,12 +1,11 @@
 """Hostile input, generated: schemathesis walks the OpenAPI schema, in process against the
-ASGI app with a valid token, bounded in examples per operation and in time. No answer may be
+ASGI app with a valid token, bounded in examples per operation. No answer may be
 a 5xx or break the schema (status codes, content types, headers and bodies as documented).
 
 Cases are made from each operation's hypothesis strategy inside one test (rather than with
 schemathesis' pytest plugin), so that one database and one token serve the whole run.
 """
 
-import time
 
 import pytest
 import schemathesis
@@ -33,7 +32,6 @@ EXCLUDED = [
     schemathesis.checks.negative_data_rejection,
 ]
 EXAMPLES = 25  # per operation and generation mode
-BUDGET_SECONDS = 120  # the whole run; well above what it takes (about 30 s here)
 
 
 @pytest.mark.timeout(300)
@@ -63,7 +61,6 @@ def test_no_5xx_and_every_answer_fits_the_schema(sqlite_env: Settings) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 15, [op.label for op in operations]
 
-    started = time.monotonic()
     calls: dict[str, int] = {}
     for operation in operations:
         params = {p.name for p in operation.path_parameters}
@@ -95,7 +92,6 @@ def test_no_5xx_and_every_answer_fits_the_schema(sqlite_env: Settings) -> None:
                 # Nothing invalid can be sent to an operation without parameters or body.
                 if mode is not GenerationMode.NEGATIVE:
                     raise
-        assert time.monotonic() - started < BUDGET_SECONDS, f"too slow at {operation.label}"
     assert {"POST /v1/jobs", "POST /v1/datasets", "GET /v1/checkpoints/{checkpoint_id}"} <= set(
         calls
     )
