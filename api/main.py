@@ -34,6 +34,7 @@ from api.studies.routes import router as studies_router
 from api.uploads.routes import UPLOAD_PATHS
 from api.uploads.routes import router as uploads_router
 from api.uploads.service import sweep_staging
+from api.webhooks.routes import router as webhooks_router
 from descent.settings import Settings, get_settings
 
 GZIP_MINIMUM_BYTES = 1024
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics_router,
         checkpoints_router,
         exports_router,
+        webhooks_router,
         uploads_router,
         events_router,
         plots_router,

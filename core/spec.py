@@ -877,6 +877,17 @@ class EarlyStoppingSpec(_Strict):
         return self
 
 
+class NotifySpec(_Strict):
+    """Webhooks: POSTs of the job's events to url, signed (see docs/webhooks.md)."""
+
+    url: str = Field(max_length=2000, pattern=r"^https?://[^\s/?#]+[^\s]*$")
+    # status: each change of the job's status; best: each new best epoch; pruned: a study's
+    # pruner stopped the trial.
+    events: list[Literal["status", "best", "pruned"]] = Field(
+        ["status"], min_length=1, max_length=3
+    )
+
+
 class CheckpointSpec(_Strict):
     keep_top_k: int = Field(3, ge=1, le=50)
     # The cadence of the service's checkpoints: after every every_epochs-th epoch, and no
@@ -913,6 +924,8 @@ class JobSpec(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     early_stopping: EarlyStoppingSpec | None = None
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    # Where the job's events are posted (not part of the spec's hash).
+    notify: NotifySpec | None = None
 
     # The backbone job's spec, from the validation context: not part of the spec.
     _source: JobSpec | None = PrivateAttr(None)
@@ -1300,7 +1313,9 @@ class JobSpec(_Strict):
 
     def spec_hash(self) -> str:
         """sha256 of the canonical JSON of the validated spec (defaults filled in)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        data.pop("notify", None)  # where events go does not change the training
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property

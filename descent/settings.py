@@ -120,6 +120,16 @@ class Settings(BaseSettings):
     # Longest wait between two retries of a job after a lost connection, in seconds.
     retry_backoff_max_seconds: float = 60.0
 
+    # Webhooks (a job spec's notify): URLs whose host is loopback, private or link-local are
+    # refused at submit and at each delivery unless this is true (server-side request
+    # forgery). A failed POST is tried again after webhook_backoff_seconds, doubling each
+    # time up to webhook_backoff_max_seconds, at most webhook_max_attempts times.
+    webhook_allow_private: bool = False
+    webhook_backoff_seconds: float = 2.0
+    webhook_backoff_max_seconds: float = 600.0
+    webhook_max_attempts: int = 10
+    webhook_timeout_seconds: float = 10.0
+
     @model_validator(mode="after")
     def _defaults(self) -> "Settings":
         self.data_dir = self.data_dir.expanduser().resolve()

@@ -38,6 +38,7 @@ from core.results import EpochRecord, FitResult
 from core.spec import JobSpec
 from core.train import Trainer, TrainerHooks
 from descent.settings import Settings, get_settings
+from store import webhooks
 from store.artifacts import Artifacts, get_artifacts
 from store.db import session_scope
 from store.models import Checkpoint, Job, JobStatus, Metric
@@ -192,6 +193,7 @@ def claim(job_id: str, worker: str, settings: Settings | None = None) -> Job | N
         job = session.get_one(Job, job_id)
         if job.started_at is None:
             job.started_at = now()
+        webhooks.record(session, job)  # its status event: running
         if lost:
             log.warning(
                 "job %s: its worker %s was lost; attempt %d resumes it", job_id, holder, job.attempt

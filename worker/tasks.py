@@ -16,7 +16,7 @@ from descent.queue import TRAIN_TASK
 from descent.settings import get_settings
 from store.db import session_scope
 from store.models import Job, JobStatus
-from worker import exports, studies  # noqa: F401  (exports registers its task)
+from worker import exports, studies, webhooks  # noqa: F401  (exports, webhooks: tasks)
 from worker.runner import (
     CONNECTION,
     PREEMPTED,

@@ -15,6 +15,7 @@ from api.db import on_commit
 from api.encoding import as_utc, non_finite_paths
 from api.errors import Conflict, InvalidParameter, NotFound, TooManyRequests, Unavailable
 from api.queue import TaskQueue
+from api.webhooks.service import notify_errors
 from core.spec import JobBackbone, JobSpec, warnings
 from descent.settings import Settings
 from store.db import session_scope
@@ -143,6 +144,7 @@ def check_limits(
                 None,
             )
         )
+    errors.extend(notify_errors(spec, settings))
     if errors:
         raise InvalidParameter(errors)
     active = active_jobs(session, owner)
