@@ -71,6 +71,7 @@ Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 # random.seed, numpy and scikit-learn (random_state) and torch.manual_seed all take these.
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 MAX_EPOCHS = 10_000
+MAX_PROCESSES = 64  # ranks of one job (training.processes)
 Epochs = Annotated[int, Field(ge=0, le=MAX_EPOCHS)]  # a count of epochs (patience, periods)
 LearningRate = Annotated[float, Field(gt=0.0, le=100.0)]
 # Generated datasets (moons, regression, shapes): at most this many input values (rows ×
@@ -341,6 +342,9 @@ class ModelSpec(_Strict):
     init: Init = "default"
     init_value: float = Field(0.01, ge=-10.0, le=10.0)  # for init: constant
     init_std: float = Field(0.01, gt=0.0, le=10.0)  # for init: normal, w ~ N(0, init_std²)
+    # With training.processes > 1: batch norm's statistics over the whole global batch
+    # (torch.nn.SyncBatchNorm) instead of each rank's share of it.
+    sync_batch_norm: bool = False
 
     @field_validator("init", mode="before")
     @classmethod
@@ -859,6 +863,13 @@ class TrainingSpec(_Strict):
     # the epoch in which it passed this (stop reason max_runtime; the best checkpoint is
     # kept). Submitting counts it against the owner's compute budget. fit() ignores it.
     max_runtime_seconds: float | None = Field(None, gt=0.0, le=365 * 24 * 3600.0)
+    # Autocast dtype of the forward pass and loss: fp32 (none, the default everywhere: runs
+    # are reproducible and a job's numbers do not depend on the machine), bf16 (recommended
+    # on Ampere and later GPUs; also works on CPU) or fp16 (CUDA only, with a gradient scaler).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Data-parallel processes (ranks) for this one job: batch_size stays the global batch,
+    # each rank takes batch_size / processes rows of it. CUDA: one GPU per rank.
+    processes: int = Field(1, ge=1, le=MAX_PROCESSES)
 
 
 class EarlyStoppingSpec(_Strict):
@@ -961,6 +972,7 @@ class JobSpec(_Strict):
             self._check_backbone(info, refuse)
             self._check_augmentation(info, refuse)
         self._check_optimizer(info, refuse)
+        self._check_scaling(refuse)
         for loc, monitor in (("early_stopping", self.early_stopping), ("schedule", self.schedule)):
             name = getattr(monitor, "monitor", None)
             if (
@@ -1272,6 +1284,46 @@ class JobSpec(_Strict):
                     "newton",
                 )
 
+    def _check_scaling(self, refuse: Any) -> None:
+        """Mixed precision and several processes: what they cannot be combined with."""
+        train, opt = self.training, self.optimizer.name
+        label = {"newton": "Newton's method", "lbfgs": "L-BFGS"}.get(opt)
+        if train.precision == "fp16" and train.device == "cpu":
+            refuse(
+                ("training", "precision"),
+                "fp16 autocast needs a CUDA GPU (its gradient scaler is CUDA-only): use bf16 "
+                "on CPU, or device auto/cuda",
+                "fp16",
+            )
+        if label is not None and train.precision != "fp32":
+            refuse(
+                ("training", "precision"),
+                f"{label} needs exact fp32 losses and gradients (its line search / Hessian "
+                "are not autocast-safe): use precision fp32",
+                train.precision,
+            )
+        if train.processes == 1:
+            return
+        if label is not None:
+            refuse(
+                ("training", "processes"),
+                f"{label} evaluates the whole training set in one process: use processes 1",
+                train.processes,
+            )
+        if self.model.sync_batch_norm and train.device == "cpu":
+            refuse(
+                ("model", "sync_batch_norm"),
+                "SyncBatchNorm runs on CUDA GPUs only: use device auto/cuda, or false",
+                True,
+            )
+        if train.batch_size % train.processes:
+            refuse(
+                ("training", "batch_size"),
+                f"batch_size is the global batch, split evenly over the {train.processes} "
+                f"processes: it must be a multiple of {train.processes}",
+                train.batch_size,
+            )
+
     def _check_augmentation(self, info: DatasetInfo, refuse: Any) -> None:
         if not self.augmentation:
             return
@@ -1315,6 +1367,11 @@ class JobSpec(_Strict):
         """sha256 of the canonical JSON of the validated spec (defaults filled in)."""
         data = self.model_dump(mode="json")
         data.pop("notify", None)  # where events go does not change the training
+        # Fields added later leave the hash of a spec that keeps their defaults unchanged, so
+        # checkpoints written before they existed still resume.
+        for section, name, default in _LATER_FIELDS:
+            if data[section].get(name) == default:
+                del data[section][name]
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -1388,6 +1445,16 @@ def warnings(spec: JobSpec, info: DatasetInfo | None = None) -> list[str]:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+# (section, field, default) of fields a spec_hash leaves out while at their default.
+_LATER_FIELDS = (
+    ("training", "precision", "fp32"),
+    ("training", "processes", 1),
+    ("model", "sync_batch_norm", False),
+    ("checkpoints", "every_epochs", 1),
+    ("checkpoints", "min_interval_seconds", 0.0),
+)
 
 
 def _check_mode(monitor: str, mode: Mode | None) -> Mode:

@@ -10,6 +10,7 @@ run continues exactly where the saved one was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -21,6 +22,7 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
@@ -112,12 +114,29 @@ def task_loss(output: torch.Tensor, target: torch.Tensor, task: str) -> torch.Te
     return F.mse_loss(output.squeeze(-1), target)
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The forward pass's and loss's autocast for training.precision (fp32: none at all)."""
+    dtype = AMP_DTYPES.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 @torch.no_grad()
 def measure(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, chunk: int = EVAL_CHUNK
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    task: str,
+    chunk: int = EVAL_CHUNK,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Loss (and accuracy for classification, pixel accuracy for segmentation) of the model
-    in eval mode on (x, y); reconstruction's target is x."""
+    in eval mode on (x, y); reconstruction's target is x. precision: the autocast of the
+    forward pass, as in training."""
     was_training = model.training
     model.eval()
     loss_sum = x.new_zeros((), dtype=torch.float64)
@@ -125,8 +144,10 @@ def measure(
     classes = task in ("classification", "segmentation")
     for start in range(0, len(x), chunk):
         xb, yb = x[start : start + chunk], y[start : start + chunk]
-        out = model(xb)
-        loss_sum += task_loss(out, xb if task == "reconstruction" else yb, task).double() * len(xb)
+        with autocast(x.device, precision):
+            out = model(xb)
+            loss = task_loss(out, xb if task == "reconstruction" else yb, task)
+        loss_sum += loss.double() * len(xb)
         if classes:
             correct += (out.argmax(1) == yb).sum()
     model.train(was_training)
@@ -248,6 +269,11 @@ class Trainer:
         self.warnings: list[str] = warnings(self.spec)
         self._diagnosis: dict[str, Any] | None = None
         self._is_setup = False
+        # Data parallel (training.processes > 1, see core.distributed): this process's rank
+        # in the job's process group, and the group's size.
+        initialized = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if initialized else 0
+        self.world = dist.get_world_size() if initialized else 1
 
     # ------------------------------------------------------------------ setup
 
@@ -271,16 +297,22 @@ class Trainer:
         self.task: str = spec.task or info.task
         self.model = build_model(spec, info).to(self.device, self.dtype)
         load_backbone(self.model, spec, self.resources)
+        if self.world > 1 and spec.model.sync_batch_norm:
+            if self.device.type != "cuda":
+                raise TrainingError("model.sync_batch_norm needs CUDA GPUs (SyncBatchNorm)")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         backbone = spec.backbone
         # Batch-norm layers of a frozen backbone: kept in eval mode (see _train_mode).
         self._frozen_norms: list[nn.Module] = []
         if backbone is not None and backbone.freeze:
             self._frozen_norms = set_frozen(self._body(), True)
         self._unfrozen = False
+        self._stop_group: Any = None
         self._has_batch_norm = any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()
         )
         self._eval_chunk = EVAL_CHUNK if backbone is None else max(64, spec.training.batch_size)
+        self._setup_precision(images)
         self.optimizer = build_optimizer(spec, self.model)
         self.schedule = Schedule(spec)
         self.early_stopping = EarlyStopping.from_spec(spec.early_stopping)
@@ -309,6 +341,42 @@ class Trainer:
         self._is_setup = True
         return self
 
+    def _setup_precision(self, images: bool) -> None:
+        """training.precision: autocast, fp16's gradient scaler; on CUDA TF32 matmuls for
+        fp32 and channels_last for convolutional models."""
+        precision, cuda = self.spec.training.precision, self.device.type == "cuda"
+        self.precision = precision
+        if precision == "fp16" and not cuda:
+            raise TrainingError(
+                "precision fp16 needs a CUDA GPU (its gradient scaler is CUDA-only) and this "
+                f"job runs on {self.device.type}: use bf16 or fp32"
+            )
+        self._scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        if cuda and precision == "fp32":
+            # TF32 tensor cores for fp32 matmuls and convolutions (Ampere and later; a no-op
+            # before): 10-bit mantissa products, fp32 accumulation.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if cuda and images:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _amp(self) -> contextlib.AbstractContextManager[Any]:
+        return autocast(self.device, self.precision)
+
+    def _backward(self, objective: torch.Tensor) -> None:
+        if self._scaler is not None:
+            self._scaler.scale(objective).backward()
+        else:
+            objective.backward()
+
+    def _step(self) -> None:
+        """The optimizer step (skipped by fp16's scaler when a gradient is not finite)."""
+        if self._scaler is not None:
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            self.optimizer.step()
+
     def parameter_counts(self) -> dict[str, int]:
         """{"trainable": n, "frozen": m}: parameters that train now, and those that do not
         (a frozen backbone's, until it is unfrozen)."""
@@ -320,6 +388,19 @@ class Trainer:
         return counts
 
     def _trainable_changed(self) -> None:
+        # What the training steps call: the model, or with several processes the model in
+        # DistributedDataParallel, which averages the gradients over the ranks in backward
+        # (rebuilt when parameters start training: DDP syncs those that train when built).
+        self._net: nn.Module = self.model
+        if self.world > 1:
+            cuda = self.device.type == "cuda"
+            index = self.device.index if self.device.index is not None else 0
+            self._net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[index] if cuda else None
+            )
+            if self._stop_group is None and dist.get_backend() != "gloo":
+                # The per-step stop vote goes over gloo on the CPU, not through the GPU.
+                self._stop_group = dist.new_group(backend="gloo")
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self._penalized = [p for p in self._params if decayed(p)]
         self._layer_names, self._layer_matrix = self._layers()
@@ -382,6 +463,15 @@ class Trainer:
         """Train from the epoch after self.epoch to training.epochs, or until a stop."""
         if not self._is_setup:
             self.setup()
+        processes = self.spec.training.processes
+        if processes != self.world:
+            raise TrainingError(
+                f"training.processes is {processes} but this run has {self.world}: "
+                "core.distributed.fit launches the processes"
+            )
+        if self.world > 1:
+            # Every rank stops at the same step: one rank's stop is everyone's.
+            self._should_stop = self._agreed(self._should_stop)
         if self.stop is not None:  # resumed from the checkpoint of an epoch that stopped the run
             return self._result("succeeded", self.stop, 0)
         first_epoch = self.epoch + 1
@@ -390,6 +480,9 @@ class Trainer:
             self.initial_metrics = self.evaluate("val")
         for epoch in range(first_epoch, self.spec.training.epochs + 1):
             start = time.perf_counter()
+            if self.world > 1:
+                # Each rank its own dropout masks, reproducible from (seed, epoch, rank).
+                torch.manual_seed((self.spec.training.seed * 100_003 + epoch) * 64 + self.rank)
             if self._unfreezes_at(epoch):
                 self._unfreeze()
             lr = self.schedule.lr(epoch)
@@ -416,6 +509,10 @@ class Trainer:
                 exc.diagnosis = self._diagnose(failed, final=True)
                 raise
             metrics.update(self.evaluate("val"))
+            if self.world > 1:
+                # Every rank evaluates the whole split (no sharding); rank 0's numbers are
+                # everyone's, so that early stopping decides alike on every rank.
+                metrics = self._broadcast(metrics)
             metrics["lr"] = lr
             metrics["epoch_seconds"] = time.perf_counter() - start
 
@@ -470,6 +567,7 @@ class Trainer:
         should_stop, augment, task = self._should_stop, self._augment, self.task
         # Dense tasks keep per-step counts, not their per-pixel outputs.
         dense = task in ("reconstruction", "segmentation")
+        world, local_sizes = self.world, []
         for step, start in enumerate(starts):
             if should_stop():
                 raise _Cancelled(epoch, step + 1)
@@ -479,15 +577,23 @@ class Trainer:
                     xb, yb = augment(xb, epoch, step, mask=yb)  # masks move with their images
                 else:
                     xb = augment(xb, epoch, step)
-            out = self.model(xb)
-            loss = task_loss(out, xb if task == "reconstruction" else yb, task)
+            share = 1.0
+            if world > 1:
+                xb, yb, share = self._shard(xb, yb)
+                local_sizes.append(len(xb))
+            with self._amp():
+                out = self._net(xb)
+                loss = self._loss(out, xb if task == "reconstruction" else yb)
             penalty = self._penalty(self._penalized)
-            (loss if penalty is None else loss + penalty).backward()
+            objective = loss if share == 1.0 else loss * share
+            self._backward(objective if penalty is None else objective + penalty)
             grad_norms.append(self._clip_gradients())
-            self.optimizer.step()
+            self._step()
             self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
-            if not dense:
+            if world > 1 and task == "classification":
+                outputs.append((out.argmax(1) == yb).sum())  # this rank's rows: counted here
+            elif not dense:
                 outputs.append(out.detach())  # for the accuracy, counted once after the loop
             elif task == "segmentation":
                 outputs.append((out.argmax(1) == yb).sum())
@@ -502,18 +608,44 @@ class Trainer:
         zero = x.new_zeros(())
         # Each step's per-parameter gradient norms (before clipping), steps × parameters.
         norms = torch.stack([norm for step in grad_norms for norm in step]).view(len(losses), -1)
-        if task == "classification":
-            accuracy = (torch.cat(outputs).argmax(1) == y[:n]).to(self.dtype).mean()
-        elif task == "segmentation":
-            accuracy = torch.stack(outputs).sum().to(self.dtype) / (n * y[0].numel())
+        if world > 1:
+            # Sums over this rank's rows, then over every rank: the global batches' means.
+            local = torch.tensor(local_sizes, device=self.device, dtype=self.dtype)
+            totals = torch.stack(
+                [
+                    (step_losses * local).sum(),
+                    torch.stack(outputs).sum().to(self.dtype) if outputs else zero,
+                ]
+            )
+            dist.all_reduce(totals)
+            loss_mean = totals[0] / n
+            per_row = n * (y[0].numel() if task == "segmentation" else 1)
+            accuracy = totals[1] / per_row if task in ("classification", "segmentation") else zero
         else:
-            accuracy = zero
+            loss_mean = (step_losses * sizes).sum() / n
+            if task == "classification":
+                accuracy = (torch.cat(outputs).argmax(1) == y[:n]).to(self.dtype).mean()
+            elif task == "segmentation":
+                accuracy = torch.stack(outputs).sum().to(self.dtype) / (n * y[0].numel())
+            else:
+                accuracy = zero
         stats = [
-            (step_losses * sizes).sum() / n,
+            loss_mean,
             (torch.stack(penalties) * sizes).sum() / n if penalties else zero,
             accuracy,
         ]
-        values = torch.cat([torch.stack(stats), self._norm_stats(norms)]).tolist()  # one sync
+        extra = []
+        if self._scaler is not None:
+            # A step whose gradient was not finite was skipped by the scaler (which then
+            # lowered its scale): counted, and left out of the gradient norms.
+            finite = torch.isfinite(norms).all(1)
+            extra = [(~finite).sum().to(self.dtype).reshape(1)]
+            norms = norms[finite] if bool(finite.any()) else norms.nan_to_num()
+        values = torch.cat([torch.stack(stats), self._norm_stats(norms), *extra]).tolist()
+        if extra:
+            metrics = self._train_metrics(*values[:-1])
+            metrics["amp_skipped_steps"] = values[-1]
+            return metrics
         return self._train_metrics(*values)
 
     def _full_batch_epoch(self, epoch: int) -> dict[str, float]:
@@ -526,7 +658,7 @@ class Trainer:
         gap) describe the same model; grad_norm is the gradient's at the start of the epoch."""
         x, y = self.data.x_train, self.data.y_train
         chunks = self._full_batch_chunks(len(x))
-        n, task = len(x), self.task
+        n, task, world = len(x), self.task, self.world
         first: dict[str, torch.Tensor] = {}
 
         def closure() -> torch.Tensor:
@@ -544,16 +676,35 @@ class Trainer:
                         xb, yb = self._augment(xb, epoch, chunk, mask=yb)
                     else:
                         xb = self._augment(xb, epoch, chunk)
-                out = self.model(xb)
-                # Each chunk weighs by its share of the rows: the chunks sum to the mean.
-                target = xb if task == "reconstruction" else yb
-                loss = task_loss(out, target, task) * (len(xb) / n)
-                loss.backward()
+                if world > 1:
+                    # This rank's rows of each chunk; gradients accumulate here and are
+                    # averaged over the ranks once, in the last chunk's backward.
+                    weight = len(xb) / n
+                    xb, yb, share = self._shard(xb, yb)
+                    last = chunk == len(chunks) - 1
+                    with self._amp(), contextlib.ExitStack() as stack:
+                        if not last:
+                            stack.enter_context(self._net.no_sync())  # type: ignore[operator]
+                        out = self._net(xb)
+                        target = xb if task == "reconstruction" else yb
+                        loss = self._loss(out, target) * weight
+                        term = loss * share
+                        penalty = self._penalty(self._penalized) if last else None
+                        self._backward(term if penalty is None else term + penalty)
+                    loss_sum += loss.detach() * share / world
+                    continue
+                with self._amp():
+                    out = self.model(xb)
+                    # Each chunk weighs by its share of the rows: the chunks sum to the mean.
+                    target = xb if task == "reconstruction" else yb
+                    loss = task_loss(out, target, task) * (len(xb) / n)
+                self._backward(loss)
                 loss_sum += loss.detach()
             objective = loss_sum
             penalty = self._penalty(self._penalized)
             if penalty is not None:
-                penalty.backward()
+                if world == 1:
+                    self._backward(penalty)
                 objective = loss_sum + penalty.detach()
             if not first:
                 first["norms"] = torch.stack(self._grad_norms())
@@ -568,8 +719,10 @@ class Trainer:
             self.optimizer.step(closure)
         else:
             closure()
-            self._clip_gradients()
-            self.optimizer.step()
+            norms = self._clip_gradients()
+            if self._scaler is not None:
+                first["norms"] = torch.stack(norms)  # unscaled
+            self._step()
         self.optimizer.zero_grad(set_to_none=True)
         return self._after_step(epoch, first["norms"])
 
@@ -577,8 +730,15 @@ class Trainer:
         """A full-batch epoch's metrics: the training split's loss and accuracy measured
         after the step (as the validation split's are), the penalty of the new weights."""
         after = measure(
-            self.model, self.data.x_train, self.data.y_train, self.task, self._eval_chunk
+            self.model,
+            self.data.x_train,
+            self.data.y_train,
+            self.task,
+            self._eval_chunk,
+            self.precision,
         )
+        if self.world > 1:
+            after = self._broadcast(after)
         self._check_finite(torch.tensor([after["loss"]]), epoch)
         with torch.no_grad():
             penalty = self._penalty(self._penalized)
@@ -631,9 +791,45 @@ class Trainer:
 
     def _batch_starts(self, n: int) -> list[int]:
         starts = list(range(0, n, self.spec.training.batch_size))
-        if self._has_batch_norm and len(starts) > 1 and n - starts[-1] == 1:
-            starts.pop()  # a last batch of one row has no batch statistics: skip it
+        if self._has_batch_norm and len(starts) > 1 and (n - starts[-1]) // self.world < 2:
+            # A last batch of one row (one per rank) has no batch statistics: skip it.
+            starts.pop()
         return starts
+
+    # ------------------------------------------------------------------ several processes
+
+    def _shard(
+        self, xb: torch.Tensor, yb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """This rank's contiguous share of a global batch, and the factor its mean loss is
+        scaled by so that DDP's average over the ranks is the global batch's mean loss
+        (1 when the batch splits evenly)."""
+        m = len(xb)
+        lo, hi = self.rank * m // self.world, (self.rank + 1) * m // self.world
+        return xb[lo:hi], yb[lo:hi], (hi - lo) * self.world / m
+
+    def _loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if len(out) == 0:  # a rank's empty share of a short last batch
+            return out.sum() * 0.0
+        return task_loss(out, target, self.task)
+
+    def _broadcast(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Rank 0's values of these metrics, on every rank."""
+        names = sorted(metrics)
+        values = torch.tensor([metrics[k] for k in names], dtype=torch.float64)
+        values = values.to(self.device)
+        dist.broadcast(values, 0)
+        return dict(zip(names, values.tolist(), strict=True))
+
+    def _agreed(self, should_stop: Any) -> Any:
+        group = self._stop_group
+
+        def agreed() -> bool:
+            vote = torch.tensor([1 if should_stop() else 0], dtype=torch.int32)
+            dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=group)
+            return bool(vote.item())
+
+        return agreed
 
     def _full_batch_chunks(self, n: int) -> list[tuple[int, int]]:
         """(start, end) of the chunks a full-batch epoch sums over: every row once. With batch
@@ -672,6 +868,8 @@ class Trainer:
     def _clip_gradients(self) -> tuple[torch.Tensor, ...]:
         """Clip by norm and/or value; return each parameter's gradient norm from before clipping."""
         reg = self.spec.regularization
+        if self._scaler is not None and self.optimizer.param_groups:
+            self._scaler.unscale_(self.optimizer)  # clip (and report) the true gradient
         norms = self._grad_norms()
         if reg.grad_clip_norm is not None:
             total = torch.linalg.vector_norm(torch.stack(norms))
@@ -738,7 +936,7 @@ class Trainer:
         if not self._is_setup:
             self.setup()
         x, y = self.data.split(split)
-        measured = measure(self.model, x, y, self.task, self._eval_chunk)
+        measured = measure(self.model, x, y, self.task, self._eval_chunk, self.precision)
         return {f"{split}_{k}": v for k, v in measured.items()}
 
     # ------------------------------------------------------------------ checkpoints
@@ -779,6 +977,8 @@ class Trainer:
         if self._unfreezes_at(state["epoch"]):
             self._unfreeze()  # the saved optimizer has the backbone's groups
         self.optimizer.load_state_dict(state["optimizer"])
+        if self._scaler is not None and state.get("scaler"):
+            self._scaler.load_state_dict(state["scaler"])
         self.schedule.load_state_dict(state["schedule"])
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.epoch, self.last_value = state["epoch"], state["last_value"]
@@ -813,6 +1013,7 @@ class Trainer:
             "diagnosis_history": self._history_state(),
             "initial_metrics": self.initial_metrics,
             "rng": _rng_state(),
+            **({"scaler": self._scaler.state_dict()} if self._scaler is not None else {}),
         }
 
 
