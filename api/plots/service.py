@@ -59,6 +59,13 @@ def render_png(curves: Curves, width: int, height: int) -> bytes:
 
 
 def _render_png(curves: Curves, width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    draw(curves, width, height).savefig(out, format="png", dpi=DPI)
+    return out.getvalue()
+
+
+def draw(curves: Curves, width: int, height: int) -> Any:
+    """The matplotlib Figure of the PNG (laid out, not yet saved)."""
     from matplotlib.figure import Figure  # lazily: the API starts without matplotlib
 
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
@@ -77,9 +84,7 @@ def _render_png(curves: Curves, width: int, height: int) -> bytes:
             transform=axes[0].transAxes, color="gray",
         )  # fmt: skip
     figure.tight_layout()
-    out = io.BytesIO()
-    figure.savefig(out, format="png", dpi=DPI)
-    return out.getvalue()
+    return figure
 
 
 def _panel(ax: Any, curves: Curves, names: list[str], ylabel: str) -> None:
