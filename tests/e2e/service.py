@@ -2,8 +2,8 @@
 
 - ``embedded``: ``python -m descent serve`` — the README's one-command start (SQLite, the
   SQLAlchemy broker transport, one worker process) in a temporary data folder.
-- ``redis``: PostgreSQL + Redis, with ``descent migrate``, a Celery worker and the API
-  started as production starts them, in this run's own database and Redis key space.
+- ``redis``: PostgreSQL + Redis, with ``descent migrate``, ``descent worker`` and
+  ``descent api`` (the commands compose runs), in this run's own database and Redis key space.
 """
 
 import os
@@ -220,7 +220,8 @@ def make_token(env: dict[str, str], user: str) -> str:
 
 
 def start_production(root: Path, database_url: str, redis_url: str, prefix: str) -> Service:
-    """``descent migrate``, a Celery worker and the API, as production starts them."""
+    """``descent migrate``, ``descent worker`` and ``descent api``: the commands compose runs
+    (the worker's first queue is cpu: a worker whose first queue is gpu needs CUDA)."""
     port = free_port()
     env = base_env(root / "data") | {
         "DATABASE_URL": database_url,
@@ -233,7 +234,7 @@ def start_production(root: Path, database_url: str, redis_url: str, prefix: str)
     service.start("worker", "-m", "descent", "worker", "--queues", "cpu,gpu",
                   "--name", f"e2e-{port}@%h")  # fmt: skip
     service.start(
-        "api", "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)
+        "api", "-m", "descent", "api", "--host", "127.0.0.1", "--port", str(port)
     )
     return service
 

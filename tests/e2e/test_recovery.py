@@ -254,7 +254,7 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
         subprocess.run([sys.executable, "-m", "descent", "migrate"], cwd=ROOT, env=env, check=True)
         service.authorize(make_token(env, "recovery"))
         service.start(
-            "api", "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)
+            "api", "-m", "descent", "api", "--host", "127.0.0.1", "--port", str(port)
         )
         try:
             service.wait_healthy()
