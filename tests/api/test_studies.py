@@ -4,8 +4,10 @@ tests/worker/test_studies.py and tests/e2e/test_studies.py)."""
 
 import math
 import random
+from pathlib import Path
 from typing import Any
 
+import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -178,3 +180,21 @@ def test_importance_ranks_first_the_parameter_that_decides_the_objective(
     assert abs(sum(importance.values()) - 1) < 1e-3
     other = bearer(make_user("someone-else"))
     assert client.get(url, headers=other).status_code == 404
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "studies").glob("*.yaml"))
+
+
+def test_every_example_study_is_accepted(client: TestClient) -> None:
+    """examples/studies/*.yaml as `descent study submit` posts them: each is valid (every
+    option and range end makes a valid job spec), the grid has its size."""
+    assert len(EXAMPLES) >= 4
+    for path in EXAMPLES:
+        body = yaml.safe_load(path.read_text())
+        answer = client.post("/v1/studies", json=body)
+        assert answer.status_code == 201, (path.name, answer.text)
+        made = answer.json()
+        assert made["name"] == path.stem
+        if body["algorithm"] == "grid":
+            assert made["grid_size"] == made["max_trials"] == 12
+        client.post(f"/v1/studies/{made['id']}/cancel")
