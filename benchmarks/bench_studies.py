@@ -1,0 +1,124 @@
+"""Per-trial overhead of a study: a random search through the service against the same
+trainings run back to back by the core in one process; then the same search with ASHA.
+
+The study (random, seed 0) of 5-epoch digits MLPs runs through ``descent serve`` (the
+embedded service: SQLite, one worker) from ``POST /v1/studies`` until the study reads
+completed (polled every 50 ms). Then the specs of its trials (their jobs' specs, fetched
+from the service) are trained one after the other by ``core.Trainer`` in this process, with
+no hooks: the ratio of the two wall times is what the service adds per trial (submit,
+dispatch, setup in a worker, metrics and checkpoint persistence, the next trial's proposal).
+The same search with ASHA (rungs at epochs 1 and 3, reduction factor 3) reports its wall
+time, epochs trained and best objective against the search without pruning.
+
+    python -m benchmarks.bench_studies [--trials 32] [--epochs 5] [--parallelism 2]
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import load, machine
+from tests.e2e.service import Service, running, start_embedded
+
+BASE: dict[str, Any] = {
+    "dataset": {"name": "digits", "val_fraction": 0.2, "seed": 0},
+    "model": {"arch": "mlp", "hidden": [64]},
+    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+    "training": {"epochs": 5, "batch_size": 64, "seed": 0, "device": "cpu"},
+    "checkpoints": {"keep_top_k": 1},
+}
+SPACE = {
+    "optimizer.lr": {"loguniform": [1.0e-4, 3.0]},
+    "optimizer.momentum": {"uniform": [0.0, 0.99]},
+    "model.hidden": {"choice": [[32], [64], [128]]},
+}
+GOAL = 1.3
+POLL_EVERY = 0.05
+
+
+def run_study(
+    svc: Service, trials: int, epochs: int, parallelism: int, pruner: str
+) -> dict[str, Any]:
+    base = {**BASE, "training": {**BASE["training"], "epochs": epochs}}
+    body = {
+        "name": f"bench-{pruner}",
+        "base": base,
+        "space": SPACE,
+        "algorithm": "random",
+        "max_trials": trials,
+        "parallelism": parallelism,
+        "seed": 0,
+        "pruner": {"name": pruner, "min_epochs": 1, "reduction_factor": 3},
+    }
+    started = time.perf_counter()
+    answer = svc.http.post("/v1/studies", json=body)
+    answer.raise_for_status()
+    study_id = answer.json()["id"]
+    while True:
+        study = svc.http.get(f"/v1/studies/{study_id}").json()
+        if study["status"] != "running":
+            break
+        time.sleep(POLL_EVERY)
+    wall = time.perf_counter() - started
+    assert study["status"] == "completed", study
+    items = svc.http.get(f"/v1/studies/{study_id}/trials", params={"limit": 1000}).json()["items"]
+    specs = [svc.job(t["job_id"])["spec"] for t in items]
+    return {"wall": wall, "study": study, "specs": specs}
+
+
+def run_core(specs: list[dict[str, Any]]) -> float:
+    from core.spec import JobSpec
+    from core.train import Trainer
+
+    started = time.perf_counter()
+    for spec in specs:
+        Trainer(JobSpec.model_validate(spec)).train()
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--parallelism", type=int, default=2, help="trials queued at once")
+    args = parser.parse_args(argv)
+    print(f"machine: {machine()}")
+    print(
+        f"{args.trials}-trial random search (seed 0) of {args.epochs}-epoch digits MLPs, "
+        f"parallelism {args.parallelism}, one worker (descent serve)"
+    )
+    start_load = load()
+    with tempfile.TemporaryDirectory() as root:
+        for svc in running(start_embedded(Path(root))):
+            # Warm-up: the worker's first trial loads torch and the dataset.
+            run_study(svc, 1, 1, 1, "none")
+            plain = run_study(svc, args.trials, args.epochs, args.parallelism, "none")
+            asha = run_study(svc, args.trials, args.epochs, args.parallelism, "asha")
+    run_core(plain["specs"][:1])  # warm-up
+    core = run_core(plain["specs"])
+    print(f"load average at start: {start_load}; at end: {load()}")
+    ratio = plain["wall"] / core
+    per_trial = (plain["wall"] - core) / args.trials * 1e3
+    print()
+    print("| run | wall s | s/trial | epochs trained | best val_loss | vs core | goal | |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print(f"| core, back to back | {core:.1f} | {core / args.trials:.2f} | "
+          f"{plain['study']['epochs']['trained']} | - | 1.00× | | |")  # fmt: skip
+    for name, run in (("study, no pruning", plain), ("study, ASHA", asha)):
+        study = run["study"]
+        verdict = ("met" if ratio <= GOAL else "missed") if run is plain else ""
+        goal = f"≤ {GOAL}×" if run is plain else ""
+        print(
+            f"| {name} | {run['wall']:.1f} | {run['wall'] / args.trials:.2f} | "
+            f"{study['epochs']['trained']} of {study['epochs']['without_pruning']} | "
+            f"{study['best']['value']:.4f} | {run['wall'] / core:.2f}× | {goal} | {verdict} |"
+        )
+    print()
+    print(f"service overhead per trial: {per_trial:.0f} ms (study wall - core wall) / trials")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
