@@ -1,5 +1,6 @@
 """The application as a whole: health, docs, error shapes, body limits, no torch."""
 
+import json
 import logging
 import os
 import subprocess
@@ -197,5 +198,18 @@ def test_oversized_body_is_413_as_it_streams(sqlite_client: TestClient) -> None:
     assert count_jobs() == 0
 
 
-def test_a_body_under_the_limit_passes(sqlite_client: TestClient) -> None:
-    assert sqlite_client.post("/v1/jobs", json=SPEC).status_code == 201
+def test_a_body_at_the_limit_passes(sqlite_client: TestClient) -> None:
+    """1,000,000 bytes exactly (the spec padded with JSON whitespace), declared or chunked."""
+    body = json.dumps(SPEC).encode()
+    body += b" " * (1_000_000 - len(body))
+    headers = {"content-type": "application/json"}
+    assert len(body) == 1_000_000
+    response = sqlite_client.post("/v1/jobs", content=body, headers=headers)
+    assert response.status_code == 201, response.text
+    chunked = sqlite_client.post(
+        "/v1/jobs", content=iter([body[:500_000], body[500_000:]]), headers=headers
+    )
+    assert chunked.status_code == 201, chunked.text
+    assert count_jobs() == 2
+    # One byte more is refused.
+    assert sqlite_client.post("/v1/jobs", content=body + b" ", headers=headers).status_code == 413

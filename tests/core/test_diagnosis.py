@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import core.data
 from core import fit
@@ -290,7 +289,6 @@ def test_regularizers_and_the_stopping_rule_are_kept_apart() -> None:
     assert summary["regularizers"] == ["l2", "weight_decay", "dropout", "batch_norm"]
     assert summary["stopping_rule"] == "early_stopping"
     assert "not a regularizer" in summary["note"]
-    assert torch is not None
 
 
 def test_validation_accuracy_no_better_than_the_majority_baseline_is_underfitting() -> None:
