@@ -143,9 +143,11 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     yield from running(start_embedded(tmp_path_factory.mktemp("study-kill")))
 
 
-def test_a_study_survives_its_worker_killed_mid_trial(serve: Service) -> None:
-    """SIGKILL the process training a trial: after the restart no trial is lost or run
-    twice (each trial one job, each epoch once), and the study completes with max_trials."""
+def test_a_study_survives_its_worker_and_then_the_whole_service_killed(serve: Service) -> None:
+    """SIGKILL the process training a trial (`descent serve` starts a worker again), then,
+    while another trial trains, the whole service (API and worker) and start it again: no
+    trial is lost or run twice (each trial one job, each epoch once), the killed trials
+    resume, and the study completes with max_trials trials."""
     base = {
         "dataset": {"name": "digits", "val_fraction": 0.2, "seed": 0},
         "model": {"arch": "mlp", "hidden": [16]},
@@ -170,14 +172,24 @@ def test_a_study_survives_its_worker_killed_mid_trial(serve: Service) -> None:
     assert answer.status_code == 201, answer.text
     study_id = answer.json()["id"]
 
-    def trial_past_epoch_2() -> dict[str, Any] | None:
+    def trial_past_epoch_2(but: str | None = None) -> dict[str, Any] | None:
         for trial in serve.http.get(f"/v1/studies/{study_id}/trials").json()["items"]:
-            if trial["status"] == "running" and trial["epochs"] >= 2:
+            if trial["status"] == "running" and trial["epochs"] >= 2 and trial["job_id"] != but:
                 return trial
         return None
 
     killed = wait_for("a trial past epoch 2", trial_past_epoch_2, 120, detail=serve.tail)
     os.kill(training_pid(worker), signal.SIGKILL)
+    # Then the whole service, while another trial trains; started again on its data.
+    second = wait_for("another trial past epoch 2",
+                      lambda: trial_past_epoch_2(but=killed["job_id"]), 180,
+                      detail=serve.tail)  # fmt: skip
+    dead = serve.processes.pop()
+    os.killpg(dead.pid, signal.SIGKILL)
+    dead.wait()
+    port = serve.url.rsplit(":", 1)[1]
+    serve.start("serve-again", "-m", "descent", "serve", "--port", port)
+    serve.wait_healthy()
 
     def ended() -> dict[str, Any] | None:
         study = serve.http.get(f"/v1/studies/{study_id}").json()
@@ -195,5 +207,7 @@ def test_a_study_survives_its_worker_killed_mid_trial(serve: Service) -> None:
         job = serve.job(trial["job_id"])
         epochs = [item["epoch"] for item in serve.metrics(trial["job_id"])]
         assert epochs == list(range(1, job["epoch"] + 1)), (trial["number"], epochs)
-        assert job["attempt"] == (2 if trial["job_id"] == killed["job_id"] else 1), job
-    assert f"job {killed['job_id']} resumes after epoch" in serve.log_text()
+        twice = trial["job_id"] in (killed["job_id"], second["job_id"])
+        assert job["attempt"] == (2 if twice else 1), job
+    for trial in (killed, second):
+        assert f"job {trial['job_id']} resumes after epoch" in serve.log_text()
