@@ -198,3 +198,24 @@ def test_every_example_study_is_accepted(client: TestClient) -> None:
         if body["algorithm"] == "grid":
             assert made["grid_size"] == made["max_trials"] == 12
         client.post(f"/v1/studies/{made['id']}/cancel")
+
+
+def test_a_pruned_trial_is_shown_pruned_and_counts_in_the_epochs_saved(client: TestClient) -> None:
+    study_id = client.post("/v1/studies", json=study()).json()["id"]
+    ended_trial(study_id, 0, {"optimizer.lr": 0.1}, {"optimizer.lr": 0}, value=0.4)
+    with session_scope() as session:
+        session.get_one(Job, session.scalar(select(StudyTrial.job_id))).epoch = 3
+    stop = {"reason": "pruned", "rule": "asha", "epoch": 1, "detail": "not in the top 1/3"}
+    job_id = make_job(status="succeeded", study_id=study_id, params={}, epoch=1, stop=stop)
+    add_epochs(job_id, [{"val_loss": 9.5}])
+    with session_scope() as session:
+        session.add(StudyTrial(study_id=study_id, number=1, job_id=job_id,
+                               params={"optimizer.lr": 0.01}, raw={"optimizer.lr": 1}))  # fmt: skip
+    record = client.get(f"/v1/studies/{study_id}").json()
+    assert record["trials"]["pruned"] == 1 and record["trials"]["succeeded"] == 1
+    # 3 + 1 trained; the pruned trial would have trained its spec's 3 epochs.
+    assert record["epochs"] == {"trained": 4, "without_pruning": 6, "saved": 2}
+    assert record["best"]["number"] == 0 and record["best"]["value"] == 0.4
+    pruned = client.get(f"/v1/studies/{study_id}/trials", params={"status": "pruned"}).json()
+    assert [t["number"] for t in pruned["items"]] == [1]
+    assert pruned["items"][0]["stop"]["detail"] == "not in the top 1/3"
