@@ -1,8 +1,7 @@
 """The event stream: order, ids, resuming with Last-Event-ID, the end of a finished job."""
 
 import json
-import threading
-import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,8 +14,14 @@ from store.models import Job, JobStatus
 from tests.api.builders import add_epochs, history, make_job
 
 
-def read_events(client: TestClient, job_id: str, **headers: str) -> list[dict[str, Any]]:
-    """The whole stream as [{"id", "event", "data"}], comments and retry lines skipped."""
+def read_events(
+    client: TestClient,
+    job_id: str,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    **headers: str,
+) -> list[dict[str, Any]]:
+    """The whole stream as [{"id", "event", "data"}], comments and retry lines skipped;
+    ``on_event`` is called with each event as it arrives."""
     events: list[dict[str, Any]] = []
     with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
         assert response.status_code == 200, response.read()
@@ -26,6 +31,8 @@ def read_events(client: TestClient, job_id: str, **headers: str) -> list[dict[st
             if not line:
                 if "event" in current:
                     events.append(current)
+                    if on_event is not None:
+                        on_event(current)
                 current = {}
             elif line.startswith("id: "):
                 current["id"] = line[4:]
@@ -71,34 +78,31 @@ def test_resuming_with_last_event_id_repeats_and_skips_nothing(client: TestClien
     assert done.status_code == 204
 
 
-def test_a_live_job_streams_status_changes_and_epochs_in_order(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_live_job_streams_status_changes_and_epochs_in_order(client: TestClient) -> None:
+    """In lock step: the job changes once the stream has sent the previous change, so each
+    change is seen by a poll of its own however fast or slow the machine is."""
     job_id = make_job(status=JobStatus.QUEUED)
+    epochs = history(6)
 
-    def worker() -> None:
-        time.sleep(0.3)
+    def set_status(status: str) -> None:
         with session_scope() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(status="running"))
-        for epoch, metrics in enumerate(history(6), start=1):
-            add_epochs(job_id, [metrics], first=epoch)
-            time.sleep(0.05)
-        with session_scope() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(status="succeeded"))
+            session.execute(update(Job).where(Job.id == job_id).values(status=status))
 
-    thread = threading.Thread(target=worker)
-    thread.start()
-    try:
-        events = read_events(client, job_id)
-    finally:
-        thread.join()
+    changes: list[Callable[[], None]] = [lambda: set_status("running")]
+    changes += [
+        lambda e=e: add_epochs(job_id, [epochs[e - 1]], first=e) for e in range(1, 7)
+    ]
+    changes.append(lambda: set_status("succeeded"))
+    pending = iter(changes)
+    events = read_events(client, job_id, on_event=lambda _: next(pending, lambda: None)())
+    assert [e["id"] for e in events] == [
+        "0:queued", "0:running", *(f"{e}:running" for e in range(1, 7)), "6:succeeded"
+    ]  # fmt: skip
     statuses = [e["data"]["status"] for e in events if e["event"] == "status"]
     assert statuses == ["queued", "running", "succeeded"]
     assert epochs_of(events) == [1, 2, 3, 4, 5, 6]
-    kinds = [e["event"] for e in events]
-    assert kinds[:2] == ["status", "status"] and kinds[-1] == "status"
-    ids = [e["id"] for e in events]
-    assert ids[0] == "0:queued" and ids[1] == "0:running" and ids[-1] == "6:succeeded"
+    assert [e["event"] for e in events] == ["status"] * 2 + ["epoch"] * 6 + ["status"]
+    assert events[4]["data"]["metrics"]["val_loss"] == pytest.approx(epochs[2]["val_loss"])
 
 
 def test_heartbeat_comments_keep_a_quiet_stream_open(monkeypatch: pytest.MonkeyPatch) -> None:
