@@ -12,27 +12,22 @@ only some trials have (inside an option of a conditional choice) is left out.
 """
 
 import warnings
-from typing import Any
-
-import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
-from optuna.importance import FanovaImportanceEvaluator, get_param_importances
-from optuna.trial import TrialState, create_trial
+from typing import TYPE_CHECKING, Any
 
 from core import space as search
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
 
 EVALUATOR = "fanova"
 MIN_TRIALS = 8
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+def _distribution(p: search.Param) -> "BaseDistribution":
+    # Optuna (and scikit-learn, which its fANOVA imports) load on the first request: seconds
+    # the API's start does not wait for.
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-def _distribution(p: search.Param) -> BaseDistribution:
     if p.kind == "choice":  # by option index: any JSON values, one category each
         return CategoricalDistribution(list(range(len(p.options))))
     if p.kind == "int":
@@ -45,6 +40,11 @@ def importances(
 ) -> dict[str, float]:
     """{parameter: importance} (summing to 1, most important first) from (point, value)
     pairs: a point is a trial's raw point ({name: value; a choice's option index})."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     params = search.parse(space)
     names = [p.name for p in params if all(p.name in point for point, _ in trials)]
     study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
