@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import tempfile
 import uuid
@@ -115,9 +116,20 @@ def rank_error(error_dir: str | os.PathLike[str], failure: ChildFailedError) -> 
         (json.loads(p.read_text()) for p in Path(error_dir).glob("rank-*.json")),
         key=lambda r: r["rank"],
     )
-    if not records:
-        rank, info = failure.get_first_failure()
-        return RankDied(f"rank {rank} of the job died (exit code {info.exitcode})")
+    recorded = {r["rank"] for r in records}
+    # A rank killed by a signal (SIGKILL: the OOM killer, an operator) is the cause; the
+    # errors the others then record are the broken collectives (SIGTERM: the launcher
+    # stopping the ranks that were left).
+    died = sorted(
+        (rank, info.exitcode)
+        for rank, info in failure.failures.items()
+        if rank not in recorded
+        and info.exitcode != -signal.SIGTERM
+        and (info.exitcode < 0 or not records)
+    )
+    if died:
+        rank, code = died[0]
+        return RankDied(f"rank {rank} of the job died (exit code {code})")
     # A rank stopped by the launcher after another failed may also record an error: the
     # collective that broke under it. Prefer an error that is not about the group.
     own = [r for r in records if r["kind"] not in ("DistBackendError", "DistNetworkError")]

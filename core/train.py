@@ -394,7 +394,9 @@ class Trainer:
         self._net: nn.Module = self.model
         if self.world > 1:
             cuda = self.device.type == "cuda"
-            index = self.device.index if self.device.index is not None else 0
+            index = self.device.index
+            if cuda and index is None:
+                index = torch.cuda.current_device()  # the rank's GPU (core.distributed)
             self._net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[index] if cuda else None
             )
@@ -969,6 +971,13 @@ class Trainer:
             raise TrainingError(
                 f"{state_path}: unknown resume state version {state.get('version')!r}"
             )
+        saved, processes = state.get("processes", 1), self.spec.training.processes
+        if saved != processes:
+            raise TrainingError(
+                f"{state_path} was written by a run on {saved} process(es) and this one has "
+                f"{processes}: a job resumes on as many processes as it started with (each "
+                "rank's share of the batches and its random streams depend on their number)"
+            )
         if state["spec_hash"] != self.spec.spec_hash():
             raise TrainingError(
                 f"{state_path} was written for a different spec (hash {state['spec_hash'][:12]}…)"
@@ -1013,6 +1022,7 @@ class Trainer:
             "diagnosis_history": self._history_state(),
             "initial_metrics": self.initial_metrics,
             "rng": _rng_state(),
+            "processes": self.spec.training.processes,
             **({"scaler": self._scaler.state_dict()} if self._scaler is not None else {}),
         }
 

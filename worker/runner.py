@@ -32,6 +32,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from core.distributed import RankDied
 from core.errors import NonFiniteLoss, TrainingError
 from core.resources import Resources
 from core.results import EpochRecord, FitResult
@@ -463,6 +464,8 @@ def classify(exc: BaseException) -> str:
     """The failure class of an exception raised while running a job."""
     if isinstance(exc, torch.OutOfMemoryError):
         return OUT_OF_MEMORY
+    if isinstance(exc, RankDied):  # a rank of a several-process job was killed
+        return WORKER_LOST
     if isinstance(exc, NonFiniteLoss):
         return NON_FINITE_LOSS
     if isinstance(exc, TrainingError):
@@ -479,7 +482,7 @@ def classify(exc: BaseException) -> str:
 def describe(failure: str, exc: BaseException) -> str:
     if failure == OUT_OF_MEMORY:
         return f"out of memory: {str(exc).splitlines()[0] if str(exc) else 'the device ran out'}"
-    if failure in (NON_FINITE_LOSS, TRAINING_ERROR):
+    if failure in (NON_FINITE_LOSS, TRAINING_ERROR, WORKER_LOST):
         return str(exc)
     if failure == CONNECTION:
         reason = getattr(exc, "orig", None) or exc
@@ -509,11 +512,16 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
         # Uploads and a backbone job that are missing or do not fit fail the job here, at
         # its start, with the reason (a TrainingError: never retried).
         resources = job_resources(spec, job.owner, artifacts)
-        trainer = resume(spec, hooks, job_id, artifacts, resources)
-        _record_parameters(job_id, worker, trainer.parameter_counts())
-        hooks.limit_runtime(spec.training.max_runtime_seconds, _runtime(job_id), trainer.epoch)
-        hooks.start_clock()
-        result = trainer.train()
+        if spec.training.processes > 1:
+            from worker import launch  # several ranks; rank 0 writes (worker/launch.py)
+
+            result = launch.train(job, spec, worker, lease, hooks, resources)
+        else:
+            trainer = resume(spec, hooks, job_id, artifacts, resources)
+            _record_parameters(job_id, worker, trainer.parameter_counts())
+            hooks.limit_runtime(spec.training.max_runtime_seconds, _runtime(job_id), trainer.epoch)
+            hooks.start_clock()
+            result = trainer.train()
         hooks.writer.wait()  # the last checkpoint is durable before the job ends
     except LeaseLost:
         log.warning("job %s: another worker holds it now; this run stops", job_id)
