@@ -226,6 +226,30 @@ def test_a_non_finite_loss_fails_at_once(sqlite_env: Settings) -> None:
     assert job.stop["failure"] == "non_finite_loss" and "lower the learning rate" in job.error
 
 
+def test_a_bug_fails_the_job_as_internal_without_a_retry(
+    sqlite_env: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception of no known class (a bug): failed at once as "internal", with the
+    exception named for the user and its traceback logged for whoever runs the service."""
+    job_id = make_job(SPEC)
+    real_epoch_end = runner.WorkerHooks.on_epoch_end
+
+    def buggy(self: runner.WorkerHooks, trainer: Trainer, record: Any) -> None:
+        if record.epoch == 3:
+            raise KeyError("no such metric")
+        real_epoch_end(self, trainer, record)
+
+    monkeypatch.setattr(runner.WorkerHooks, "on_epoch_end", buggy)
+    with caplog.at_level("ERROR", logger="worker.runner"):
+        assert run_job(job_id, worker="w/1") == "failed"
+    job = job_row(job_id)
+    assert job.status == "failed" and job.attempt == 1 and job.worker is None
+    assert job.stop["failure"] == "internal" and job.stop["epoch"] == 2
+    assert job.error == "internal error: KeyError: 'no such metric'"
+    assert any(r.exc_info and r.exc_info[0] is KeyError for r in caplog.records)
+    assert run_job(job_id, worker="w/2") == "skipped"  # not retried
+
+
 def test_a_lost_connection_is_retried_from_the_last_checkpoint(
     sqlite_env: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

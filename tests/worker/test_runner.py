@@ -123,3 +123,29 @@ def test_the_job_record_carries_the_diagnosis_and_warnings(sqlite_env: Settings)
     assert job.diagnosis["final"] is True
     assert job.diagnosis["verdict"] == "underfitting", job.diagnosis
     assert any("batch norm" in warning for warning in job.warnings)
+
+
+def test_an_early_stop_records_the_best_epoch_value_and_patience_in_the_stop(
+    sqlite_env: Settings,
+) -> None:
+    # No epoch after the first improves on it by min_delta: patience 2 stops after epoch 3,
+    # while the best epoch is the run's lowest val_loss (the patience counter counts apart).
+    spec = {**SPEC, "early_stopping": {"patience": 2, "min_delta": 1000.0}}
+    job_id = make_job(spec)
+    assert run_job(job_id, worker="w1") == "succeeded"
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        values = dict(
+            session.execute(
+                select(Metric.epoch, Metric.value).where(
+                    Metric.job_id == job_id, Metric.name == "val_loss"
+                )
+            ).all()
+        )
+    best = min(values, key=values.__getitem__)
+    assert sorted(values) == [1, 2, 3] and job.epoch == 3
+    assert job.stop["reason"] == "early_stopping" and job.stop["rule"] == "patience"
+    assert job.stop["epoch"] == 3
+    assert job.stop["best_epoch"] == best == job.best_epoch
+    assert job.stop["best_value"] == pytest.approx(values[best])
+    assert job.stop["patience_wait"] == 2 == job.patience_wait
