@@ -149,6 +149,34 @@ def test_a_revoked_token_is_refused(configure: Callable[..., Settings], tmp_path
         assert response.json()["detail"] == "invalid or revoked token"
 
 
+def test_a_revoked_token_works_for_at_most_the_5_s_cache_window(
+    configure: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner of a token is remembered token_cache_seconds (5 s by default): a revoked
+    token keeps answering until then, and is refused from then on (a clock the test sets)."""
+    import types
+
+    import api.auth
+    from api.main import create_app
+    from tests.conftest import migrated
+
+    now = [1000.0]
+    monkeypatch.setattr(api.auth, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    settings = migrated(configure(DESCENT_DATA_DIR=str(tmp_path / "data")))
+    assert settings.token_cache_seconds == 5.0
+    token = make_user("erin")
+    with TestClient(create_app(settings), headers=bearer(token)) as client:
+        assert client.get("/v1/jobs").status_code == 200  # looked up, then remembered
+        with session_scope() as session:
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            row = session.scalars(select(ApiToken).where(ApiToken.token_hash == digest)).one()
+            revoke_token(session, row.id)
+        now[0] += 4.9
+        assert client.get("/v1/jobs").status_code == 200  # still within the window
+        now[0] += 0.1
+        assert client.get("/v1/jobs").status_code == 401  # 5 s after the lookup
+
+
 def test_each_owner_sees_only_their_jobs(client: TestClient) -> None:
     from tests.api.builders import SPEC
 
