@@ -1,6 +1,8 @@
 """GET /metrics: the job gauge, the queue length, the epoch histogram, HTTP latency."""
 
 import re
+from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -94,3 +96,43 @@ def test_metrics_have_process_series_and_a_route_for_the_docs(sqlite_client: Tes
     assert f'{count}{{method="GET",route="/docs",status="200"}} 1.0' in text
     assert f'{count}{{method="GET",route="unmatched",status="404"}} 1.0' in text
     assert f'{count}{{method="GET",route="unmatched",status="200"}}' not in text
+
+
+def test_the_queue_length_on_redis_counts_each_queue_and_its_priority_lists(
+    configure: Any, tmp_path: Path, redis_broker: tuple[str, str]
+) -> None:
+    """Production's broker: the lengths of each queue's Redis lists under this service's key
+    prefix (a task sent with a priority waits in a list of its own); other prefixes' lists
+    are not counted."""
+    from celery import Celery
+
+    from api.main import create_app
+    from descent.queue import TRAIN_TASK, make_celery
+    from tests.api.builders import bearer, make_user
+    from tests.conftest import migrated
+
+    url, prefix = redis_broker
+    settings = migrated(
+        configure(
+            DESCENT_DATA_DIR=str(tmp_path / "data"),
+            REDIS_URL=url,
+            DESCENT_BROKER_KEY_PREFIX=prefix,
+        )
+    )
+    with TestClient(create_app(settings), headers=bearer(make_user())) as client:
+        assert client.post("/v1/jobs", json=SPEC).status_code == 201
+        on_gpu = {**SPEC, "training": {**SPEC.get("training", {}), "device": "cuda"}}
+        gpu = client.post("/v1/jobs", json=on_gpu)
+        assert gpu.status_code == 201 and gpu.json()["queue"] == "gpu", gpu.text
+        sender = make_celery(settings)
+        other = Celery(broker=url, set_as_current=False)
+        other.conf.broker_transport_options = {"global_keyprefix": f"{prefix}other-"}
+        try:
+            sender.send_task(TRAIN_TASK, args=["urgent"], queue="cpu", priority=3)
+            other.send_task(TRAIN_TASK, args=["not ours"], queue="cpu")
+        finally:
+            sender.close()
+            other.close()
+        samples = scrape(client)
+    assert samples[("descent_queue_length", (("queue", "cpu"),))] == 2
+    assert samples[("descent_queue_length", (("queue", "gpu"),))] == 1
