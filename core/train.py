@@ -313,6 +313,8 @@ class Trainer:
         )
         self._eval_chunk = EVAL_CHUNK if backbone is None else max(64, spec.training.batch_size)
         self._setup_precision(images)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)  # this job's peak, not the process's
         self.optimizer = build_optimizer(spec, self.model)
         self.schedule = Schedule(spec)
         self.early_stopping = EarlyStopping.from_spec(spec.early_stopping)
@@ -340,6 +342,24 @@ class Trainer:
             )
         self._is_setup = True
         return self
+
+    def _out_of_memory(self, exc: torch.OutOfMemoryError, epoch: int) -> torch.OutOfMemoryError:
+        """The error, on one line: the batch that did not fit, the peak, what to change."""
+        bs, world = self.spec.training.batch_size, self.world
+        per_rank = f" ({bs // world} per process)" if world > 1 else ""
+        peak = ""
+        if self.device.type == "cuda":
+            used = torch.cuda.max_memory_allocated(self.device) / 2**20
+            total = torch.cuda.get_device_properties(self.device).total_memory / 2**20
+            peak = f"; peak {used:,.0f} MiB of the GPU's {total:,.0f} MiB"
+        remedy = "lower training.batch_size"
+        if self.precision == "fp32" and self.device.type == "cuda":
+            remedy += ", use training.precision bf16"
+        remedy += " or a smaller model"
+        return torch.OutOfMemoryError(
+            f"{self.device.type} out of memory in epoch {epoch} with batch_size {bs}"
+            f"{per_rank}{peak}: {remedy}"
+        )
 
     def _setup_precision(self, images: bool) -> None:
         """training.precision: autocast, fp16's gradient scaler; on CUDA TF32 matmuls for
@@ -463,6 +483,12 @@ class Trainer:
 
     def train(self) -> FitResult:
         """Train from the epoch after self.epoch to training.epochs, or until a stop."""
+        try:
+            return self._train()
+        except torch.OutOfMemoryError as exc:
+            raise self._out_of_memory(exc, self.epoch + 1) from exc
+
+    def _train(self) -> FitResult:
         if not self._is_setup:
             self.setup()
         processes = self.spec.training.processes
@@ -517,6 +543,9 @@ class Trainer:
                 metrics = self._broadcast(metrics)
             metrics["lr"] = lr
             metrics["epoch_seconds"] = time.perf_counter() - start
+            if self.device.type == "cuda":
+                # The most device memory the job's tensors took so far (this rank's GPU).
+                metrics["peak_memory_bytes"] = float(torch.cuda.max_memory_allocated(self.device))
 
             value = metrics[self.early_stopping.monitor]
             is_best, stop = self.early_stopping.update(epoch, value)

@@ -10,7 +10,7 @@ from core.train import Trainer, fit
 from tests.core.builders import spec_dict
 
 needs_cuda = pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU (fp16 scaler, TF32, channels_last)"
+    not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none"
 )
 
 # bf16 keeps 8 bits of mantissa (relative rounding 2^-9) but autocast accumulates matmuls and
@@ -124,3 +124,24 @@ def test_fp32_on_cuda_uses_tf32_and_cnn_channels_last() -> None:
     assert torch.backends.cuda.matmul.allow_tf32
     conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_out_of_memory_names_the_batch_size_and_a_remedy(monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = Trainer(spec_dict(training={"batch_size": 32})).setup()
+
+    def too_big(self: torch.nn.Module, *args: object) -> torch.Tensor:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(type(trainer.model), "forward", too_big)
+    with pytest.raises(torch.OutOfMemoryError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert "\n" not in message  # the worker reports the first line
+    assert "out of memory in epoch 1 with batch_size 32" in message
+    assert "lower training.batch_size" in message
+
+
+@needs_cuda
+def test_peak_device_memory_is_an_epoch_metric() -> None:
+    history = fit(spec_dict(training={"device": "cuda"})).history
+    assert all(r.metrics["peak_memory_bytes"] > 0 for r in history)
