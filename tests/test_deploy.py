@@ -1,6 +1,7 @@
 """The ways to run the service agree with each other: the README's commands, the Makefile,
 .ci/run, the Dockerfile, docker-compose.yml and the `descent` command line."""
 
+import base64
 import contextlib
 import json
 import os
@@ -30,6 +31,7 @@ from sqlalchemy.engine import make_url
 from descent.cli import build_parser
 from descent.settings import Settings
 from store.db import make_engine
+from tests import timing
 from tests.conftest import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -355,13 +357,8 @@ def free_port() -> int:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    """tests.timing.wait_for: ``timeout`` scales with the machine."""
+    return timing.wait_for(what, predicate, timeout, interval=0.2)
 
 
 def alive(pid: int) -> bool:
@@ -375,17 +372,21 @@ def alive(pid: int) -> bool:
 class Serve:
     """`descent serve` on a free port, in a temporary data folder, started and healthy."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *args: str) -> None:
         if not (ROOT / "api" / "main.py").is_file():
             unavailable("api/main.py does not exist yet")
         self.port = free_port()
+        self.data = tmp_path / "data"
         self.out, self.err = tmp_path / "serve.out", tmp_path / "serve.err"
+        self.worker_pid = 0
         with self.out.open("wb") as stdout, self.err.open("wb") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "descent", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "descent", "serve", "--port", str(self.port), *args],
                 cwd=ROOT, env=embedded_env(tmp_path), stdout=stdout, stderr=stderr,
             )  # fmt: skip
         wait_for(self.healthy, 120, "/healthz")
+        if "--no-worker" in args:
+            return
         match = re.search(r"worker started \(pid (\d+)\)", self.stderr())
         assert match, self.stderr()
         self.worker_pid = int(match.group(1))
@@ -409,14 +410,34 @@ class Serve:
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
+        return self.proc.wait(timing.scaled(60))
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        if alive(self.worker_pid):
+        if self.worker_pid and alive(self.worker_pid):
             os.kill(self.worker_pid, signal.SIGQUIT)
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """The API's JSON answer, with the local user's token that serve wrote."""
+        token = (self.data / "token").read_text().strip()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=timing.scaled(30)) as response:
+            return json.loads(response.read())
+
+    def job_row(self, job_id: str) -> tuple[Any, ...]:
+        with contextlib.closing(sqlite3.connect(self.data / "descent.db")) as db:
+            row = db.execute(
+                "SELECT status, worker, heartbeat_at, attempt, epoch FROM jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+        return tuple(row)
 
 
 @pytest.fixture
@@ -432,6 +453,57 @@ def test_serve_runs_the_api_and_one_worker_then_stops_both(serve: Serve) -> None
     assert serve.stop() == 0, serve.stderr()
     assert not alive(serve.worker_pid)
     assert "the worker stopped" not in serve.stderr()  # stopped on purpose: not reported
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_serve_no_worker_runs_the_api_alone(tmp_path: Path) -> None:
+    serve = Serve(tmp_path, "--no-worker")
+    try:
+        job = serve.request("POST", "/v1/jobs", {"dataset": {"name": "iris"}, "name": "waits"})
+        assert job["status"] == "queued"
+        assert children(serve.proc.pid) == []  # no worker process
+        assert "worker started" not in serve.stderr()
+        assert serve.request("GET", f"/v1/jobs/{job['id']}")["status"] == "queued"
+        assert serve.stop() == 0, serve.stderr()
+    finally:
+        serve.kill()
+
+
+def test_stopping_serve_mid_job_queues_the_job_again_for_the_next_start(
+    serve: Serve,
+) -> None:
+    """SIGTERM to `descent serve`: its worker stops the job at the next step and queues it
+    again (the embedded broker keeps the message), well within the worker's grace period."""
+    spec = {
+        "dataset": {"name": "digits"},
+        "model": {"arch": "mlp", "hidden": [32]},
+        "training": {"epochs": 10000, "batch_size": 16, "device": "cpu"},
+        "name": "long",
+    }
+    job = serve.request("POST", "/v1/jobs", spec)
+    wait_for(lambda: serve.job_row(job["id"])[4] >= 2, 120, "the job to pass epoch 2")
+    started = time.monotonic()
+    assert serve.stop() == 0, serve.stderr()
+    stopped_in = time.monotonic() - started
+    status, worker, heartbeat, attempt, epoch = serve.job_row(job["id"])
+    assert (status, worker, heartbeat, attempt) == ("queued", None, None, 0)
+    assert f"queued again to resume after epoch {epoch}" in serve.stderr()
+    assert stopped_in < 10  # the worker's grace period (descent/cli.py), not used up
+    assert not alive(serve.worker_pid)
+    with contextlib.closing(sqlite3.connect(serve.data / "broker.db")) as broker:
+        waiting = broker.execute("SELECT payload FROM kombu_message WHERE visible").fetchall()
+    bodies = [base64.b64decode(json.loads(payload)["body"]) for (payload,) in waiting]
+    assert [json.loads(body)[0] for body in bodies] == [[job["id"]]]  # the task's args
 
 
 def test_serve_reports_a_worker_that_dies(serve: Serve) -> None:
