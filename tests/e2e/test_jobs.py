@@ -1,13 +1,17 @@
 """One training job through the whole service: HTTP → broker → worker → database → HTTP."""
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.service import Service
-from tests.timing import wait_for
+from tests.timing import scaled, wait_for
 
 
 def digits_mlp(**overrides: Any) -> dict[str, Any]:
@@ -195,3 +199,34 @@ def test_bad_spec_is_refused_and_changes_nothing(
     after = embedded_service.http.get("/v1/jobs", params={"limit": 200}).json()["items"]
     assert len(after) == len(before)
     assert embedded_service.http.get("/v1/jobs/0123456789abcdef").status_code == 404
+
+
+def test_submit_follow_exits_non_zero_when_the_job_fails(
+    embedded_service: Service, tmp_path: Path
+) -> None:
+    """`descent submit --follow` as a script runs it: the exit status says the job failed."""
+    spec = tmp_path / "diverges.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "diverges",
+                "dataset": {"name": "iris", "seed": 0},
+                "model": {"arch": "mlp", "hidden": [8]},
+                "optimizer": {"name": "sgd", "lr": 100.0, "momentum": 0.9},
+                "training": {"epochs": 20, "batch_size": 16, "seed": 0, "device": "cpu"},
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DESCENT_")}
+    env["DESCENT_URL"] = embedded_service.url
+    env["DESCENT_TOKEN"] = embedded_service.http.headers["Authorization"].removeprefix("Bearer ")
+    env["DESCENT_DATA_DIR"] = str(tmp_path / "no-data")
+    run = subprocess.run(
+        [sys.executable, "-m", "descent", "submit", str(spec), "--follow"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=scaled(120),
+    )  # fmt: skip
+    job_id = run.stdout.splitlines()[0]
+    job = embedded_service.job(job_id)
+    assert job["status"] == "failed", job
+    assert run.returncode == 1, (run.stdout, run.stderr)
+    assert "failed" in run.stdout and "lower the learning rate" in run.stdout + run.stderr
