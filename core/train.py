@@ -1076,8 +1076,14 @@ def fit(
     dtype: torch.dtype = torch.float32,
     resources: Resources | None = None,
 ) -> FitResult:
-    """Train a spec from scratch: Trainer(spec, ...).setup().train()."""
-    trainer = Trainer(spec, device=device, hooks=hooks, dtype=dtype, resources=resources)
+    """Train a spec from scratch: Trainer(spec, ...).setup().train(); a spec for several
+    processes launches them (core.distributed.fit; hooks are not supported there)."""
+    parsed = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
+    if parsed.training.processes > 1 and not dist.is_initialized() and hooks is None:
+        from core import distributed  # it imports this module
+
+        return distributed.fit(parsed, device=str(device) if device else None, resources=resources)
+    trainer = Trainer(parsed, device=device, hooks=hooks, dtype=dtype, resources=resources)
     return trainer.setup().train()
 
 
