@@ -19,7 +19,8 @@ EXPORT_DOWNLOAD: dict[int | str, dict[str, Any]] = {
         "description": "The exported model (.onnx, or TorchScript .pt for torch.jit.load); "
         "the ETag and X-Checksum-SHA256 carry its sha256.",
     },
-    404: {"description": "No such export, or it has no file (queued, running or failed)"},
+    404: {"description": "No such export"},
+    409: {"description": "The export has no file: it is queued, running or failed"},
     410: {"description": "The export's file is gone from the artifact store, or damaged"},
 }
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from api import objects
 from api.checkpoints.service import Download, _file_stem, verified
 from api.db import on_commit
-from api.errors import Gone, NotFound, Unavailable
+from api.errors import Conflict, Gone, NotFound, Unavailable
 from api.queue import PUBLISH_RETRY_POLICY, TaskQueue
 from descent.queue import EXPORT_TASK
 from store.artifacts import get_artifacts
@@ -99,7 +99,8 @@ def export_file(session: Session, export_id: str, *, owner: str) -> Download:
     export = get_export(session, export_id, owner=owner)
     if export.status != ExportStatus.SUCCEEDED or export.path is None:
         reason = f": {export.error}" if export.error else ""
-        raise NotFound(f"export {export_id} has no file: it is {export.status}{reason}")
+        # The export exists (404 would say it does not): it has no file yet, or never will.
+        raise Conflict(f"export {export_id} has no file: it is {export.status}{reason}")
     assert export.sha256 is not None and export.bytes is not None
     job = session.get_one(Job, export.job_id)
     checkpoint = session.get(Checkpoint, export.checkpoint_id)

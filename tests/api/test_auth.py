@@ -15,12 +15,21 @@ from descent.settings import Settings
 from store.db import session_scope
 from store.models import ApiToken, JobStatus
 from store.users import revoke_token
-from tests.api.builders import add_checkpoint, add_epochs, bearer, history, make_job, make_user
+from tests.api.builders import (
+    add_checkpoint,
+    add_epochs,
+    bearer,
+    history,
+    make_job,
+    make_user,
+    spec,
+)
 from tests.files import npz_bytes, weights_bytes
 
 # Path parameters of the id routes, and which of the owner's things each one names.
 ID_KINDS = {"job_id": "job", "checkpoint_id": "checkpoint", "dataset_id": "dataset"}
 ID_KINDS["weights_id"] = "weights"
+ID_KINDS.update(study_id="study", export_id="export")
 
 
 def id_routes(client: TestClient) -> list[tuple[str, str, list[str]]]:
@@ -48,12 +57,29 @@ def owned_things(client: TestClient) -> dict[str, str]:
         files={"file": ("w.safetensors", weights_bytes())},
         data={"arch": "mobilenet_v3_small"},
     )
-    assert dataset.status_code == weights.status_code == 201, (dataset.text, weights.text)
+    study = client.post(
+        "/v1/studies",
+        json={
+            "base": spec(),
+            "space": {"optimizer.lr": {"choice": [0.1, 0.01]}},
+            "algorithm": "grid",
+            "max_trials": 2,
+        },
+    )
+    export = client.post(f"/v1/checkpoints/{checkpoint_id}/exports", json={"format": "onnx"})
+    assert dataset.status_code == weights.status_code == study.status_code == 201, (
+        dataset.text,
+        weights.text,
+        study.text,
+    )
+    assert export.status_code == 202, export.text
     return {
         "job": job_id,
         "checkpoint": checkpoint_id,
         "dataset": dataset.json()["id"],
         "weights": weights.json()["id"],
+        "study": study.json()["id"],
+        "export": export.json()["id"],
     }
 
 
@@ -67,7 +93,9 @@ def test_every_id_route_answers_404_to_another_owner(client: TestClient) -> None
         unknown = [p for p in params if p not in ID_KINDS]
         assert not unknown, f"{method} {path}: add its id parameter {unknown} to ID_KINDS"
         url = path.format(**{p: mine[ID_KINDS[p]] for p in params})
-        response = client.request(method, url, headers=intruder)
+        # A route that takes a body gets a valid one: the owner check, not the body, answers.
+        body = {"format": "onnx"} if path.endswith("/exports") and method == "POST" else None
+        response = client.request(method, url, headers=intruder, json=body)
         assert response.status_code == 404, (method, url, response.status_code, response.text)
         assert "not found" in response.json()["detail"]
         walked.append(f"{method} {path}")

@@ -41,7 +41,7 @@ def test_an_export_is_queued_for_a_worker(client: TestClient, db_env: Settings) 
     assert [e["id"] for e in listed] == [export["id"], second["id"]]
     # Not done yet: no file.
     file = client.get(f"/v1/exports/{export['id']}/file")
-    assert file.status_code == 404
+    assert file.status_code == 409
     assert file.json() == {"detail": f"export {export['id']} has no file: it is queued"}
 
 
