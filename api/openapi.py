@@ -57,6 +57,7 @@ OPERATION_IDS = {
 ERROR_STATUSES = ("400", "401", "404", "409", "410", "412", "413", "416", "429", "503", "500")
 SERVER_ERROR = {"description": "An unexpected error (logged by the service; no details sent)"}
 BODY_TOO_LARGE = {"description": "Body over the size limit"}
+UNPARSEABLE_BODY = {"description": "A body that cannot be parsed (not UTF-8 text, not JSON)"}
 # Operations that never ask the database, so never answer 503.
 NO_DATABASE = {"monitoring-metrics"}
 
@@ -96,6 +97,7 @@ def _errors(schema: dict[str, Any]) -> None:
             if operation["operationId"] in NO_DATABASE:
                 responses.pop("503", None)
             if "requestBody" in operation:
+                responses.setdefault("400", UNPARSEABLE_BODY)
                 responses.setdefault("413", BODY_TOO_LARGE)
             responses["500"] = SERVER_ERROR
             for status in ERROR_STATUSES:

@@ -42,7 +42,19 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         200: {
             "content": {
                 "text/event-stream": {
-                    "schema": {"type": "string", "description": EVENTS},
+                    # One server-sent event, in OpenAPI 3.2's shape for event streams
+                    # (its data is JSON text: x-events names the model of each event's data).
+                    "schema": {
+                        "type": "object",
+                        "description": EVENTS,
+                        "properties": {
+                            "event": {"type": "string", "enum": ["status", "epoch"]},
+                            "data": {"type": "string"},
+                            "id": {"type": "string"},
+                            "retry": {"type": "integer", "minimum": 0},
+                        },
+                        "required": ["data"],
+                    },
                     # The data of each event, by its name (documentation for people).
                     "x-events": {
                         "status": {"$ref": "#/components/schemas/JobPublic"},

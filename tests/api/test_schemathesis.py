@@ -16,7 +16,15 @@ from schemathesis import GenerationMode
 
 from descent.settings import Settings
 from store.models import JobStatus
-from tests.api.builders import add_checkpoint, add_epochs, bearer, history, make_job, make_user
+from tests.api.builders import (
+    add_checkpoint,
+    add_epochs,
+    bearer,
+    history,
+    make_job,
+    make_user,
+    spec,
+)
 from tests.files import npz_bytes, weights_bytes
 
 # Two checks judge how strict validation is, not whether an answer breaks the schema:
@@ -51,11 +59,24 @@ def test_no_5xx_and_every_answer_fits_the_schema(sqlite_env: Settings) -> None:
             files={"file": ("w", weights_bytes())},
             data={"arch": "mobilenet_v3_small"},
         )
+        study = client.post(
+            "/v1/studies",
+            json={
+                "base": spec(),
+                "space": {"optimizer.lr": {"choice": [0.1, 0.01]}},
+                "algorithm": "grid",
+                "max_trials": 2,
+            },
+        )
+        export = client.post(f"/v1/checkpoints/{checkpoint_id}/exports", json={"format": "onnx"})
+    assert study.status_code == 201 and export.status_code == 202, (study.text, export.text)
     known = {
         "job_id": job_id,
         "checkpoint_id": checkpoint_id,
         "dataset_id": dataset.json()["id"],
         "weights_id": weights.json()["id"],
+        "study_id": study.json()["id"],
+        "export_id": export.json()["id"],
     }
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
