@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from tests.conftest import unavailable
 from tests.e2e.chromium import Browser, find_chromium
 from tests.e2e.service import ROOT, TERMINAL, Service
 from tests.e2e.test_jobs import digits_mlp
-from tests.timing import scaled
+from tests.timing import scaled, wait_for
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -223,8 +222,8 @@ def test_dashboard_draws_a_running_job_live_in_chromium(embedded_service: Servic
     browser = Browser(binary)
     try:
         browser.open(url)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+
+        def showing_the_end() -> bool:
             state = browser.evaluate(
                 "(() => { const svg = document.getElementById('chart-loss');"
                 " const badge = document.querySelector('#summary .badge');"
@@ -232,10 +231,21 @@ def test_dashboard_draws_a_running_job_live_in_chromium(embedded_service: Servic
                 " badge ? badge.textContent : ''] })()"
             )
             shown.append((state[0], state[1]))
-            if state[1] in TERMINAL and state[0] == service.job(job["id"])["epoch"]:
-                break
-            time.sleep(0.2)
-        time.sleep(0.5)  # let the last refresh of the checkpoints land before the picture
+            return state[1] in TERMINAL and state[0] == service.job(job["id"])["epoch"]
+
+        wait_for(
+            "the page to show the job's last epoch and final status",
+            showing_the_end,
+            90,
+            interval=0.2,
+            detail=lambda: f"shown: {shown[-5:]}",
+        )
+        wait_for(
+            "the page's checkpoint table",
+            lambda: browser.evaluate("document.querySelectorAll('#checkpoints tbody tr').length"),
+            30,
+            interval=0.1,
+        )
         ARTIFACTS.mkdir(exist_ok=True)
         browser.screenshot(ARTIFACTS / "dashboard-job.png")
         page = browser.evaluate(
@@ -248,12 +258,12 @@ def test_dashboard_draws_a_running_job_live_in_chromium(embedded_service: Servic
             " title: document.title }))()"
         )
         browser.navigate(f"{service.url}/")  # the same tab, which holds the token
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            rows = browser.evaluate("document.querySelectorAll('#jobs tbody tr').length")
-            if rows:
-                break
-            time.sleep(0.2)
+        wait_for(
+            "the job list",
+            lambda: browser.evaluate("document.querySelectorAll('#jobs tbody tr').length"),
+            30,
+            interval=0.1,
+        )
         listed = browser.evaluate("document.getElementById('jobs').textContent")
         browser.screenshot(ARTIFACTS / "dashboard-jobs.png")
     finally:

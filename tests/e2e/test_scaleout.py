@@ -10,6 +10,7 @@ server (moto's, over HTTP).
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -117,7 +118,11 @@ def test_a_job_killed_on_one_host_resumes_on_another_from_s3(hosts: Hosts) -> No
     try:
         final = hosts.wait(job["id"], timeout=180)
         assert final["status"] == "succeeded" and final["attempt"] == 2, final
-        assert f"resumes after epoch {killed_at}" in hosts.log("host-b")
+        # Checkpoints are written while the next epoch trains (one write in flight): the
+        # last durable one is at most two epochs behind the last committed metrics.
+        log = hosts.log("host-b")
+        resumed = [int(e) for e in re.findall(r"resumes after epoch (\d+)", log)]
+        assert len(resumed) == 1 and killed_at - 2 <= resumed[0] <= killed_at, (killed_at, log)
         got = {item["epoch"]: item["metrics"] for item in hosts.metrics(job["id"])}
         assert sorted(got) == sorted(reference)
         gaps = [
@@ -127,8 +132,15 @@ def test_a_job_killed_on_one_host_resumes_on_another_from_s3(hosts: Hosts) -> No
             if name != "epoch_seconds"
         ]
         assert max(gaps) == 0.0, max(gaps)  # bit-identical on the CPU
-        # Nothing of the job stays on either host: its checkpoints are in S3 only.
-        assert not any(n.endswith((".safetensors", ".pt")) for n in local_files(hosts.root))
+        # Nothing of the job stays on the host that finished it, nor on the API's: its
+        # checkpoints are in S3 only. (Host A may hold the write it was killed in; that host
+        # is gone with its disk.)
+        left = [
+            p
+            for p in hosts.root.rglob("*.*")
+            if p.suffix in (".safetensors", ".pt") and "host-a" not in p.parts
+        ]
+        assert not left, left
         best = hosts.http.get(f"/v1/jobs/{job['id']}/checkpoints/best")
         assert best.status_code == 200
         listed = hosts.http.get(f"/v1/jobs/{job['id']}/checkpoints").json()["items"]

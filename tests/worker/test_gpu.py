@@ -80,8 +80,11 @@ def test_a_worker_takes_its_first_queue_first(
     configure: Callable[..., Settings], tmp_path: Path, redis_broker: tuple[str, str]
 ) -> None:
     url, prefix = redis_broker
+    # Queues of its own: a worker of another test on this run's key space takes none of them.
     settings = configure(
-        DESCENT_DATA_DIR=str(tmp_path), REDIS_URL=url, DESCENT_BROKER_KEY_PREFIX=prefix
+        DESCENT_DATA_DIR=str(tmp_path),
+        REDIS_URL=url,
+        DESCENT_BROKER_KEY_PREFIX=f"{prefix}order-",
     )
     app = make_celery(settings)
     sent = ["cpu-1", "cpu-2", "gpu-1", "gpu-2", "cpu-3"]
