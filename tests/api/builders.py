@@ -152,3 +152,20 @@ def history(epochs: int, seed: int = 0) -> list[dict[str, float | None]]:
 def count_jobs() -> int:
     with session_scope() as session:
         return session.query(Job).count()
+
+
+def post_study_and_export(client: Any, checkpoint_id: str) -> dict[str, str]:
+    """A small grid study and an export of ``checkpoint_id``, posted through ``client`` (a
+    TestClient holding its owner's token): {"study": id, "export": id}."""
+    study = client.post(
+        "/v1/studies",
+        json={
+            "base": spec(),
+            "space": {"optimizer.lr": {"choice": [0.1, 0.01]}},
+            "algorithm": "grid",
+            "max_trials": 2,
+        },
+    )
+    export = client.post(f"/v1/checkpoints/{checkpoint_id}/exports", json={"format": "onnx"})
+    assert study.status_code == 201 and export.status_code == 202, (study.text, export.text)
+    return {"study": study.json()["id"], "export": export.json()["id"]}

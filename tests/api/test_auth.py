@@ -22,7 +22,7 @@ from tests.api.builders import (
     history,
     make_job,
     make_user,
-    spec,
+    post_study_and_export,
 )
 from tests.files import npz_bytes, weights_bytes
 
@@ -47,7 +47,8 @@ def id_routes(client: TestClient) -> list[tuple[str, str, list[str]]]:
 
 
 def owned_things(client: TestClient) -> dict[str, str]:
-    """A job with epochs and a checkpoint, a dataset and weights, all of the user 'local'."""
+    """A job with epochs and a checkpoint, a dataset, weights, a study and an export, all of
+    the user 'local'."""
     job_id = make_job(status=JobStatus.SUCCEEDED)
     add_epochs(job_id, history(3))
     checkpoint_id, _ = add_checkpoint(job_id, 3, best=True)
@@ -57,29 +58,13 @@ def owned_things(client: TestClient) -> dict[str, str]:
         files={"file": ("w.safetensors", weights_bytes())},
         data={"arch": "mobilenet_v3_small"},
     )
-    study = client.post(
-        "/v1/studies",
-        json={
-            "base": spec(),
-            "space": {"optimizer.lr": {"choice": [0.1, 0.01]}},
-            "algorithm": "grid",
-            "max_trials": 2,
-        },
-    )
-    export = client.post(f"/v1/checkpoints/{checkpoint_id}/exports", json={"format": "onnx"})
-    assert dataset.status_code == weights.status_code == study.status_code == 201, (
-        dataset.text,
-        weights.text,
-        study.text,
-    )
-    assert export.status_code == 202, export.text
+    assert dataset.status_code == weights.status_code == 201, (dataset.text, weights.text)
     return {
         "job": job_id,
         "checkpoint": checkpoint_id,
         "dataset": dataset.json()["id"],
         "weights": weights.json()["id"],
-        "study": study.json()["id"],
-        "export": export.json()["id"],
+        **post_study_and_export(client, checkpoint_id),
     }
 
 
