@@ -10,7 +10,8 @@ BIN := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-# Reinstalled whenever pyproject.toml changes; the Dockerfile runs the same `pip install -e .`.
+# Reinstalled whenever pyproject.toml changes; the Dockerfile installs the same dependencies,
+# then the code with `pip install --no-deps -e .`.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -e '.[test]'
