@@ -89,9 +89,8 @@ def hosts(
         service.root = root
         subprocess.run([sys.executable, "-m", "descent", "migrate"], cwd=ROOT, env=env, check=True)
         service.authorize(make_token(env, "scaleout"))
-        service.start(
-            "api", "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)
-        )
+        # The command compose runs.
+        service.start("api", "-m", "descent", "api", "--host", "127.0.0.1", "--port", str(port))
         try:
             service.wait_healthy()
             yield service
