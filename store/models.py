@@ -58,6 +58,8 @@ class User(Base):
     # Overrides of the per-owner limits in the settings ({"epochs": 100, ...}); absent keys
     # take the settings' default.
     limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The owner's default `notify` ({"url", "events"}) for jobs and studies that name none.
+    notify: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -115,6 +117,8 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Seconds of training spent on this job, over all its attempts (the owner's compute budget).
     runtime_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # The most device memory the job's training held at once, over all its attempts (bytes).
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Metric(Base):
@@ -305,3 +309,16 @@ class WebhookDelivery(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Counter(Base):
+    """A monotonic counter, one row per (name, source): each process adds to its own row in
+    the transaction of what it counts, so writers never contend for one row, and a scrape
+    sums a handful of rows whatever the size of the metrics table. Rows are never deleted
+    (a counter never goes down)."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[float] = mapped_column(Float, default=0.0)
