@@ -124,7 +124,7 @@ def postgres_env(
 
     with get_engine().begin() as conn:
         conn.execute(
-            text("TRUNCATE jobs, metrics, checkpoints, uploads, api_tokens, users CASCADE")
+            text("TRUNCATE studies, jobs, metrics, checkpoints, uploads, api_tokens, users CASCADE")
         )
 
 

@@ -13,6 +13,9 @@ any worker loses nothing.
   The sampler of trial n is seeded from (study seed, n): the same study run again proposes
   the same points (random search always; TPE as long as the trials' results repeat). A grid
   is walked in a fixed order, its n-th point for trial n.
+- The sweeper (``sweep``, worker/sweeper.py) tops up, every pass, each running study with
+  room for a trial, and completes those whose trials have all ended: a study whose process
+  died between one trial's end and the next one's making goes on.
 - Pruning (``prune``): decided in the same transaction that commits the epoch's metrics.
   A pruned trial ends after that epoch as a job that *succeeded*, with the stop reason
   ``pruned``; its checkpoints (the best among them) are kept.
@@ -22,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +41,9 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from core import space as search
 from core.spec import JobSpec, warnings
@@ -54,6 +58,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 Send = Callable[[str, str], None]  # (job id, queue)
 SCALARS = (str, int, float, bool, type(None))
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 # ---------------------------------------------------------------------------- records
@@ -219,13 +224,36 @@ def propose(study: Study, records: list[TrialRecord], number: int) -> dict[str, 
 # ---------------------------------------------------------------------------- top-up
 
 
-def top_up(study_id: str, send: Send, settings: Settings | None = None) -> list[str]:
+@contextmanager
+def _transaction(sessions: sessionmaker[Session] | None) -> Iterator[Session]:
+    """One transaction, in the given sessions' database (the sweeper's engine of its own), or
+    in the process's (``session_scope``)."""
+    if sessions is None:
+        with session_scope() as session:
+            yield session
+    else:
+        with sessions.begin() as session:
+            yield session
+
+
+def _cap(study: Study) -> int:
+    """How many trials the study makes in all."""
+    cap: int = study.spec["max_trials"]
+    return cap if study.grid_size is None else min(cap, study.grid_size)
+
+
+def top_up(
+    study_id: str,
+    send: Send,
+    settings: Settings | None = None,
+    sessions: sessionmaker[Session] | None = None,
+) -> list[str]:
     """Make the trials the study has room for now; returns their job ids (sent to their
     queue once committed). Ends the study once its last trial has ended."""
     settings = settings or get_settings()
     made: list[tuple[str, str]] = []
     try:
-        with session_scope() as session:
+        with _transaction(sessions) as session:
             study = session.get(Study, study_id)
             if study is None or study.status != StudyStatus.RUNNING:
                 return []
@@ -235,10 +263,8 @@ def top_up(study_id: str, send: Send, settings: Settings | None = None) -> list[
             if study.status != StudyStatus.RUNNING:
                 return []
             records = load(session, study)
-            running = sum(r.status in (JobStatus.QUEUED, JobStatus.RUNNING) for r in records)
-            cap = study.spec["max_trials"]
-            if study.grid_size is not None:
-                cap = min(cap, study.grid_size)
+            running = sum(r.status in ACTIVE for r in records)
+            cap = _cap(study)
             if len(records) >= cap:
                 if running == 0:
                     study.status, study.finished_at = StudyStatus.COMPLETED, utcnow()
@@ -269,7 +295,7 @@ def top_up(study_id: str, send: Send, settings: Settings | None = None) -> list[
         except Exception as exc:  # noqa: BLE001 - any broker failure: the trial fails
             message = f"could not queue the job: {str(exc) or exc.__class__.__name__}"
             log.warning("study %s: trial job %s: %s", study_id, job_id, message)
-            with session_scope() as session:
+            with _transaction(sessions) as session:
                 job = session.get_one(Job, job_id)
                 if job.status == JobStatus.QUEUED:
                     job.status, job.error, job.finished_at = JobStatus.FAILED, message, utcnow()
@@ -347,6 +373,44 @@ def after_job(job_id: str, send: Send, settings: Settings | None = None) -> None
         )
     for study_id in studies:
         top_up(study_id, send, settings)
+
+
+def sweep(sessions: sessionmaker[Session], send: Send, settings: Settings) -> list[str]:
+    """The sweeper's pass over the studies: top up each running study that has room for a
+    trial (fewer trials queued or running than its parallelism, fewer made than it makes in
+    all) or whose trials have all ended (it completes). Returns the job ids of the trials
+    made. ``top_up`` takes the owner's lock and numbers trials uniquely, so a pass racing
+    another worker's, or a trial's end, makes no trial twice."""
+    with sessions() as session:
+        active = func.coalesce(func.sum(case((Job.status.in_(ACTIVE), 1), else_=0)), 0)
+        counts = {
+            study_id: (total, busy)
+            for study_id, total, busy in session.execute(
+                select(StudyTrial.study_id, func.count(), active)
+                .join(Job, Job.id == StudyTrial.job_id)
+                .join(Study, Study.id == StudyTrial.study_id)
+                .where(Study.status == StudyStatus.RUNNING)
+                .group_by(StudyTrial.study_id)
+            )
+        }
+        running = list(
+            session.scalars(
+                select(Study).where(Study.status == StudyStatus.RUNNING).order_by(Study.created_at)
+            )
+        )
+    due = []
+    for study in running:
+        total, busy = counts.get(study.id, (0, 0))
+        room = total < _cap(study) and busy < study.spec["parallelism"]
+        if room or (total >= _cap(study) and busy == 0):
+            due.append(study.id)
+    made = []
+    for study_id in due:
+        try:
+            made += top_up(study_id, send, settings, sessions)
+        except Exception as exc:  # noqa: BLE001 - one study's failure never holds the others
+            log.warning("study %s: the sweeper's top-up failed: %s", study_id, exc)
+    return made
 
 
 @shared_task(name=STUDY_TASK, bind=True)

@@ -6,6 +6,10 @@ job marked running whose heartbeat is older than the lease timeout has lost its 
 is sent to its queue again, to resume from its last checkpoint. A job already started
 max_attempts times is failed instead, and a job whose cancel was asked for is cancelled.
 
+It also tops up the running studies (``studies.sweep``): a study whose worker died between
+one trial's end and the next trial's making gets that trial at the next pass, and a study
+whose trials have all ended is completed.
+
 Every worker runs one (a thread in Celery's main process, started when the worker is ready);
 each change is a compare-and-set on the job's attempt and heartbeat, so when several
 sweepers see the same job, one of them acts. The sweeper uses an engine of its own that
@@ -23,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from descent.settings import Settings
 from store.models import Job, JobStatus
+from worker import studies
 from worker.runner import WORKER_LOST, _cancel_stop, _failed_values, _finish_values
 
 log = logging.getLogger(__name__)
@@ -31,7 +36,14 @@ Send = Callable[[str, str], None]  # (job id, queue)
 
 
 def sweep(sessions: sessionmaker[Session], send: Send, settings: Settings) -> list[str]:
-    """One pass; returns the ids of the jobs queued again."""
+    """One pass: the jobs whose worker died, then the studies; returns the ids of the jobs
+    queued again."""
+    requeued = _sweep_jobs(sessions, send, settings)
+    studies.sweep(sessions, send, settings)
+    return requeued
+
+
+def _sweep_jobs(sessions: sessionmaker[Session], send: Send, settings: Settings) -> list[str]:
     cutoff = datetime.now(UTC) - timedelta(seconds=settings.lease_timeout_seconds)
     stale_lease = or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None))
     with sessions() as session:

@@ -3,16 +3,20 @@ made once, and pruned as their epochs are committed (the runner without Celery).
 
 import math
 import random
+import threading
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import sessionmaker
 
 from descent.settings import Settings
-from store.db import session_scope
-from store.models import Job, Study, StudyTrial
+from store.db import make_engine, session_scope
+from store.models import Job, Study, StudyTrial, utcnow
 from tests.api.builders import make_job, make_user
 from worker import studies
 from worker.runner import run_job
+from worker.sweeper import sweep
 
 BASE = {
     "dataset": {"name": "iris", "seed": 0},
@@ -177,11 +181,14 @@ def test_median_pruning_names_the_median_and_a_restarted_trial_stays_pruned(
 
 def active_trials(study_id: str) -> int:
     with session_scope() as session:
-        return session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.study_id == study_id, Job.status.in_(("queued", "running")))
-        ) or 0
+        return (
+            session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.study_id == study_id, Job.status.in_(("queued", "running")))
+            )
+            or 0
+        )
 
 
 def test_a_study_never_exceeds_its_owners_limit_of_jobs_at_once(sqlite_env: Settings) -> None:
@@ -270,3 +277,102 @@ def test_tpe_with_a_seed_proposes_the_same_point_from_the_same_trials() -> None:
     assert first != proposed(6)
     # TPE, not random: it proposes near the best trials' learning rate (1e-2).
     assert -3.5 < math.log10(first["optimizer.lr"]) < -0.5
+
+
+# ---------------------------------------------------------------------------- the sweeper
+
+
+def end_trials(study_id: str) -> int:
+    """The study's queued trials end (as if run), and nothing makes the next ones: the
+    process that would have (a trial's end) died. Returns how many ended."""
+    with session_scope() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.study_id == study_id, Job.status.in_(("queued", "running")))
+            .values(status="succeeded", finished_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def study_state(study_id: str) -> tuple[str, list[int], int]:
+    """(status, trial numbers, trials queued or running)."""
+    with session_scope() as session:
+        status = session.get_one(Study, study_id).status
+    return status, [t.number for t in trials(study_id)], active_trials(study_id)
+
+
+def test_the_sweeper_makes_the_trials_a_stalled_study_has_room_for(db_env: Settings) -> None:
+    """max_trials 5, parallelism 2, no trial's end tops the study up: each sweep makes what
+    there is room for (2, then the 5th alone), makes nothing while 2 are active, and
+    completes the study once its 5 trials have ended."""
+    make_user()
+    lrs = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]
+    study_id = make_study({"optimizer.lr": {"choice": lrs}}, algorithm="random", max_trials=5)
+    sent: list[str] = []
+    sessions = sessionmaker(make_engine(db_env.database_url, pooled=False))
+
+    def send(job_id: str, queue: str) -> None:
+        sent.append(job_id)
+
+    assert sweep(sessions, send, db_env) == []  # no job of a dead worker to queue again
+    assert study_state(study_id) == ("running", [0, 1], 2) and len(sent) == 2
+    assert sweep(sessions, send, db_env) == [] and len(sent) == 2  # no room: 2 active
+    assert end_trials(study_id) == 2
+    sweep(sessions, send, db_env)
+    assert study_state(study_id) == ("running", [0, 1, 2, 3], 2) and len(sent) == 4
+    assert end_trials(study_id) == 2
+    sweep(sessions, send, db_env)
+    assert study_state(study_id) == ("running", [0, 1, 2, 3, 4], 1) and len(sent) == 5
+    assert end_trials(study_id) == 1
+    sweep(sessions, send, db_env)
+    assert study_state(study_id) == ("completed", [0, 1, 2, 3, 4], 0)
+    assert len(sent) == len(set(sent)) == 5
+    assert sent == [t.job_id for t in trials(study_id)]
+    sessions.kw["bind"].dispose()
+
+
+@pytest.mark.parametrize("owner_row", [True, False], ids=["owner-lock", "unique-number"])
+def test_concurrent_sweeps_make_each_trial_once(db_env: Settings, owner_row: bool) -> None:
+    """Two workers' sweepers, each with its own engine, top up the same stalled study at the
+    same moment, three rounds: each round makes exactly the 3 trials there is room for, none
+    twice. With the owner's row they take turns on its lock; without one (no lock to take)
+    the trial number's uniqueness turns the second away."""
+    if owner_row:
+        make_user()
+    study_id = make_study(
+        {"optimizer.lr": {"choice": [0.01 * (i + 1) for i in range(8)]}},
+        algorithm="grid",
+        max_trials=8,
+        parallelism=3,
+    )
+    sent: list[str] = []
+    engines = [make_engine(db_env.database_url, pooled=False) for _ in range(2)]
+    failures: list[BaseException] = []
+
+    def one(engine: Any, start: threading.Barrier) -> None:
+        try:
+            start.wait(timeout=10)
+            sweep(sessionmaker(engine), lambda job_id, queue: sent.append(job_id), db_env)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+            failures.append(exc)
+
+    for made, active_now in ((3, 3), (6, 3), (8, 2)):
+        start = threading.Barrier(2)
+        threads = [threading.Thread(target=one, args=(e, start)) for e in engines]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not failures, failures
+        status, numbers, active = study_state(study_id)
+        assert status == "running" and numbers == list(range(made)) and active == active_now
+        assert len(sent) == len(set(sent)) == made
+        end_trials(study_id)
+    for engine in engines:
+        sweep(sessionmaker(engine), lambda job_id, queue: sent.append(job_id), db_env)
+        engine.dispose()
+    assert study_state(study_id) == ("completed", list(range(8)), 0) and len(sent) == 8
+    with session_scope() as session:
+        lrs = [session.get_one(Job, t.job_id).spec["optimizer"]["lr"] for t in trials(study_id)]
+    assert sorted(lrs) == [0.01 * (i + 1) for i in range(8)]
