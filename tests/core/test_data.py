@@ -156,3 +156,60 @@ def test_shapes_are_generated_reproducibly() -> None:
     assert np.array_equal(x, again)
     data = load_data(spec, images=True, task="segmentation")
     assert data.y_train.dtype == torch.int64 and data.majority_baseline is not None
+
+
+def png_of(pixels: np.ndarray) -> bytes:
+    """A PNG of uint8 pixels: (H, W) a greyscale ("L") image, (H, W, 3) an RGB one."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_greyscale_image_folder_loads_one_channel_and_trains(tmp_path: Path) -> None:
+    """Mode "L" images: a 1-channel dataset, a model whose first layer takes 1 channel, and
+    training that learns them; one colour image among them makes the folder RGB."""
+    from core.resources import Resources
+    from core.train import Trainer
+    from core.uploads import read_dataset
+    from tests.core.builders import write_zip
+
+    rng = np.random.default_rng(0)
+    pixels = {
+        (name, i): np.clip(rng.normal(level, 20, (8, 8)), 0, 255).astype(np.uint8)
+        for name, level in (("dark", 60), ("light", 190))
+        for i in range(10)
+    }
+    entries = {f"{name}/{i}.png": png_of(p) for (name, i), p in pixels.items()}
+    path = write_zip(tmp_path / "grey.zip", entries)
+    x, y, meta = read_dataset(path, "imagefolder")
+    assert x.shape == (20, 1, 8, 8) and x.dtype == np.uint8 and meta["image_shape"] == [1, 8, 8]
+    assert meta["class_names"] == ["dark", "light"] and np.bincount(y).tolist() == [10, 10]
+    assert sorted(map(bytes, x.reshape(20, 64))) == sorted(p.tobytes() for p in pixels.values())
+
+    spec = {
+        "dataset": {"source": "upload", "id": "grey", "format": "imagefolder", "seed": 0},
+        "model": {"arch": "cnn", "channels": [4]},
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "training": {"epochs": 5, "batch_size": 4, "device": "cpu", "seed": 0},
+    }
+    trainer = Trainer(spec, resources=Resources(datasets={"grey": path})).setup()
+    assert tuple(trainer.data.x_train.shape) == (16, 1, 8, 8)
+    assert tuple(trainer.data.x_val.shape) == (4, 1, 8, 8)
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.in_channels == 1
+    history = [record.metrics for record in trainer.train().history]
+    losses = [m["train_loss"] for m in history]
+    assert len(losses) == 5 and all(np.isfinite(losses))
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 0.8 * losses[0], losses
+    assert history[-1]["val_accuracy"] == 1.0  # dark and light apart
+
+    # One RGB image: every image becomes RGB, the grey ones with three equal channels.
+    entries["light/rgb.png"] = png_of(np.full((8, 8, 3), (200, 180, 160), np.uint8))
+    x, _, meta = read_dataset(write_zip(tmp_path / "mixed.zip", entries), "imagefolder")
+    assert x.shape == (21, 3, 8, 8) and meta["image_shape"] == [3, 8, 8]
+    grey = [i for i in range(21) if len(np.unique(x[i, :, 0, 0])) == 1]
+    assert len(grey) == 20 and all(np.array_equal(x[i, 0], x[i, 2]) for i in grey)

@@ -1,5 +1,7 @@
 """training.precision: autocast bf16/fp16, and fp32 (the default) left exactly as it was."""
 
+import math
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -102,14 +104,44 @@ def test_fp16_on_a_cpu_only_machine_fails_the_job_with_the_reason() -> None:
         Trainer(spec_dict(training={"precision": "fp16", "device": "auto"})).setup()
 
 
+def test_steps_the_gradient_scaler_skips_are_counted_per_epoch_and_change_nothing() -> None:
+    """fp16 needs CUDA, but its scaler's bookkeeping is the trainer's own: with torch's CPU
+    GradScaler in its place, a non-finite gradient injected at steps 2, 5 and 11 (8 steps an
+    epoch) is 2, 1 and 0 skipped steps, halves the scale three times and leaves the weights
+    as they were at each of those steps."""
+    trainer = Trainer(spec_dict()).setup()  # iris: 120 rows, batches of 16, 3 epochs
+    trainer._scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    weight = next(trainer.model.parameters())
+    before: list[torch.Tensor] = []  # the weight as each backward pass found it
+
+    def poison(grad: torch.Tensor) -> torch.Tensor:
+        before.append(weight.detach().clone())
+        return torch.full_like(grad, math.inf) if len(before) in (2, 5, 11) else grad
+
+    weight.register_hook(poison)
+    history = trainer.train().history
+    assert len(before) == 24
+    assert [r.metrics["amp_skipped_steps"] for r in history] == [2.0, 1.0, 0.0]
+    assert trainer._scaler.get_scale() == 2.0**7  # 2000 good steps would double it: none
+    changed = [not torch.equal(a, b) for a, b in zip(before, before[1:], strict=False)]
+    assert [i + 1 for i, c in enumerate(changed) if not c] == [2, 5, 11]  # steps skipped
+    # The skipped steps are left out of the gradient norms, which stay finite.
+    assert all(math.isfinite(r.metrics["grad_norm"]) for r in history)
+    assert history[-1].metrics["train_loss"] < history[0].metrics["train_loss"]
+
+
 @needs_cuda
 def test_fp16_on_cuda_counts_skipped_steps_and_learns() -> None:
     spec = spec_dict(
         training={"epochs": 3, "batch_size": 64, "precision": "fp16", "device": "cuda"}
     )
-    history = fit(spec).history
-    # The scaler starts at 2^16 and halves on each overflow: the first steps are skipped.
-    assert all(r.metrics["amp_skipped_steps"] >= 0 for r in history)
+    trainer = Trainer(spec).setup()
+    history = trainer.train().history
+    # The scaler starts at 2^16 and halves on each overflow; it would double only after
+    # 2,000 finite steps in a row (this run has 6): the skipped steps are its halvings.
+    skipped = [r.metrics["amp_skipped_steps"] for r in history]
+    assert all(n == int(n) for n in skipped), skipped
+    assert sum(skipped) == math.log2(2.0**16 / trainer._scaler.get_scale())
     assert history[-1].metrics["train_loss"] < history[0].metrics["train_loss"]
 
 

@@ -11,7 +11,7 @@ from descent.admin import serve_token
 from descent.cli import main
 from descent.settings import Settings
 from store.db import session_scope
-from store.users import authenticate, get_user
+from store.users import authenticate
 
 
 def test_users_and_tokens_from_the_command_line(
@@ -65,7 +65,7 @@ def test_serve_makes_the_local_token_once_and_keeps_it_private(
     assert serve_token(sqlite_env.data_dir) == token  # kept on the next start
     assert token not in capsys.readouterr().out
     with session_scope() as session:
-        assert get_user(session, "local") is not None
+        assert authenticate(session, token) == "local"  # the file's token is the local user's
     from api.main import create_app
 
     with TestClient(create_app(sqlite_env)) as client:
@@ -73,4 +73,7 @@ def test_serve_makes_the_local_token_once_and_keeps_it_private(
         ok = client.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200
     path.write_text("dsc_stale\n")  # a token the database does not know: a new one is made
-    assert serve_token(sqlite_env.data_dir) != token
+    fresh = serve_token(sqlite_env.data_dir)
+    assert fresh != token and path.read_text().strip() == fresh
+    with session_scope() as session:
+        assert authenticate(session, fresh) == "local"
