@@ -394,6 +394,7 @@ def test_full_batch_epochs_report_train_and_val_loss_of_the_same_parameters(
     spec = make_spec(**merge({"training": {"epochs": 2, "full_batch": True}}, changes))
     hooks = TrainAfterStep()
     Trainer(spec, dtype=torch.float64, hooks=hooks).setup().train()
+    assert len(hooks.pairs) == 2  # one per epoch
     for train_loss, measured_train, val_loss, measured_val in hooks.pairs:
         assert train_loss == pytest.approx(measured_train, rel=1e-12)
         assert val_loss == pytest.approx(measured_val, rel=1e-12)
