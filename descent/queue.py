@@ -19,6 +19,21 @@ WEBHOOK_TASK = "webhooks.deliver"
 TRANSPORT_ALIASES["sqla"] = "descent.broker:Transport"
 
 
+def training_queue(device: str, settings: Settings) -> str:
+    """The queue of a job (or a study's trials) on ``training.device``:
+
+    - ``cuda``: the gpu queue, always (a deployment without GPU workers leaves it waiting
+      there, or, on the embedded worker that also reads the gpu queue, fails it with the
+      reason);
+    - ``auto``: the gpu queue when the deployment runs GPU workers (``gpu_workers``), else
+      the cpu queue, where it trains on the CPU;
+    - ``cpu``: the cpu queue.
+    """
+    if device == "cuda" or (device == "auto" and settings.gpu_workers):
+        return settings.gpu_queue
+    return settings.cpu_queue
+
+
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     transport_options: dict[str, object] = {}

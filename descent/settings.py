@@ -56,9 +56,13 @@ class Settings(BaseSettings):
     s3_max_concurrency: int = 8
     # How long a presigned download URL is valid, in seconds.
     s3_presign_seconds: int = 3600
-    # The default queue takes jobs with device auto|cpu; device cuda goes to the gpu queue.
+    # Jobs with device cuda go to the gpu queue, device cpu to the cpu queue, device auto to
+    # the gpu queue when gpu_workers is set, else the cpu queue (descent.queue.training_queue).
     cpu_queue: str = "cpu"
     gpu_queue: str = "gpu"
+    # Whether this deployment runs GPU workers (workers whose first queue is the gpu queue):
+    # set it where the API runs, so that device auto jobs wait for a GPU.
+    gpu_workers: bool = False
     # How often the embedded (SQLAlchemy) transport polls its table, in seconds.
     broker_polling_interval: float = 0.1
     # Prefix of every Redis key the broker writes (lets several deployments share a server).

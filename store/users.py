@@ -173,8 +173,13 @@ def active_jobs(session: Session, owner: str) -> int:
 
 
 def used_device_hours(session: Session, owner: str) -> float:
+    """The owner's jobs' training time, each counted once per device it held: a job on
+    ``training.processes: N`` ranks uses N devices for its runtime."""
+    processes = func.coalesce(Job.spec[("training", "processes")].as_integer(), 1)
     seconds = session.scalar(
-        select(func.coalesce(func.sum(Job.runtime_seconds), 0.0)).where(Job.owner == owner)
+        select(func.coalesce(func.sum(Job.runtime_seconds * processes), 0.0)).where(
+            Job.owner == owner
+        )
     )
     return float(seconds or 0.0) / 3600.0
 

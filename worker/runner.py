@@ -39,7 +39,7 @@ from core.results import EpochRecord, FitResult
 from core.spec import JobSpec
 from core.train import Trainer, TrainerHooks
 from descent.settings import Settings, get_settings
-from store import webhooks
+from store import counters, webhooks
 from store.artifacts import Artifacts, get_artifacts
 from store.db import session_scope
 from store.models import Checkpoint, Job, JobStatus, Metric
@@ -95,6 +95,12 @@ def finite(value: float | None) -> float | None:
 def worker_identity(node: str) -> str:
     """``node/pid``: unique per process, so two processes of one node never share a lease."""
     return f"{node}/{os.getpid()}"
+
+
+def counter_source(worker: str) -> str:
+    """The counters' row of a worker: its node name without the pid, so that a restarted
+    worker adds to the rows of the one before it (rows stay as many as the nodes)."""
+    return worker.rpartition("/")[0] or worker
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -371,7 +377,15 @@ class WorkerHooks(TrainerHooks):
             if record.diagnosis is not None:
                 job.diagnosis = record.diagnosis
             job.runtime_seconds = (job.runtime_seconds or 0.0) + seconds
+            peak = finite(record.metrics.get("peak_memory_bytes"))
+            if peak is not None:  # CUDA only; the most over every attempt
+                job.peak_memory_bytes = max(job.peak_memory_bytes or 0, int(peak))
             job.heartbeat_at = now()
+            epoch_seconds = finite(record.metrics.get("epoch_seconds"))
+            if epoch_seconds is not None:
+                # Counted as it commits, and again when a resumed job redoes the epoch
+                # (store/counters.py): the scrape never reads the metrics table.
+                counters.count_epoch(session, counter_source(self.lease.worker), epoch_seconds)
             self._check_budget(session)
             self._check_runtime(job.runtime_seconds, record.epoch)
             if self.trial and self.pruned is None and record.stop is None:

@@ -107,6 +107,10 @@ class JobPublic(BaseModel):
     attempt: int
     # Seconds of training so far, over all attempts (what counts against a compute budget).
     runtime_seconds: float
+    # The most device (CUDA) memory the job's training held at once, over all its attempts,
+    # in bytes; null until a CUDA epoch ends (CPU jobs have none). With training.processes
+    # above 1, rank 0's GPU.
+    peak_memory_bytes: int | None = None
     queue: str
     spec_hash: str
     spec: JobSpec
@@ -142,6 +146,7 @@ class JobPublic(BaseModel):
             cancel_requested=job.cancel_requested,
             attempt=job.attempt,
             runtime_seconds=job.runtime_seconds or 0.0,
+            peak_memory_bytes=job.peak_memory_bytes,
             queue=job.queue,
             spec_hash=job.spec_hash,
             spec=_spec(job.spec),

@@ -17,6 +17,7 @@ from api.errors import Conflict, InvalidParameter, NotFound, TooManyRequests, Un
 from api.queue import TaskQueue
 from api.webhooks.service import notify_errors
 from core.spec import JobBackbone, JobSpec, warnings
+from descent.queue import training_queue
 from descent.settings import Settings
 from store.db import session_scope
 from store.models import Job, JobStatus, Upload, utcnow
@@ -47,7 +48,7 @@ def submit_job(
         status=JobStatus.QUEUED,
         spec=spec_json,
         spec_hash=spec.spec_hash(),
-        queue=settings.gpu_queue if spec.training.device == "cuda" else settings.cpu_queue,
+        queue=training_queue(spec.training.device, settings),
         monitor=stopping.monitor if stopping else "val_loss",
         mode=(stopping.mode if stopping else None) or "min",
         warnings=warnings(spec),
@@ -161,10 +162,12 @@ def check_limits(
                 f"is used up ({used:.2f} used)"
             )
         runtime = spec.training.max_runtime_seconds
-        if runtime is not None and used + runtime / 3600 > limits.device_hours:
+        processes = spec.training.processes  # each of its ranks holds a device
+        ranks = f" on {processes} processes" if processes > 1 else ""
+        if runtime is not None and used + runtime * processes / 3600 > limits.device_hours:
             raise TooManyRequests(
-                f"this job may train for {runtime / 3600:.3f} device-hours "
-                f"(training.max_runtime_seconds {runtime:g}); this account has used "
+                f"this job may train for {runtime * processes / 3600:.3f} device-hours "
+                f"(training.max_runtime_seconds {runtime:g}{ranks}); this account has used "
                 f"{used:.3f} of its {limits.device_hours:g} device-hours, "
                 f"{limits.device_hours - used:.3f} are left"
             )

@@ -4,10 +4,11 @@
 - ``descent_queue_length{queue}``: tasks waiting in each broker queue. On Redis, the length
   of the queue's lists (under the broker key prefix); on the embedded broker, the visible
   messages in its message table.
-- ``descent_epoch_duration_seconds``: a histogram of every stored epoch's ``epoch_seconds``,
-  built at each scrape by one aggregate query over the metrics table. It is read from the
-  database rather than counted in a process, so it is the same whichever API process
-  answers and survives restarts; its cost grows with the metrics table (one scan per scrape).
+- ``descent_epoch_duration_seconds``: a histogram of every epoch's ``epoch_seconds``, counted
+  by the worker in the transaction that commits the epoch (store/counters.py), one row per
+  bucket per worker; a scrape sums those few rows. It is the same whichever API process
+  answers, survives restarts, costs the same however large the metrics table grows, and
+  never goes down: an epoch a resumed job redoes is counted again.
 - ``descent_http_request_duration_seconds{method,route,status}``: time to the response's
   first byte (so a long event stream counts its start, not its length), labelled by the
   route's template (``/v1/jobs/{job_id}``), never the raw path. Kept in each API process:
@@ -32,16 +33,15 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, case, func, select, text
+from sqlalchemy import Engine, func, select, text
 
 from descent.settings import Settings
+from store.counters import EPOCH_BUCKETS, epoch_histogram
 from store.db import make_engine, session_scope
 from store.models import Job, JobStatus
-from store.models import Metric as MetricRow
 
 logger = logging.getLogger("api.monitoring")
 
-EPOCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # kombu's Redis transport keeps a queue's tasks of priority p > 0 in "<queue>\x06\x16<p>".
 REDIS_PRIORITY_STEPS = (0, 3, 6, 9)
@@ -57,19 +57,9 @@ def job_counts() -> dict[str, int]:
 
 
 def epoch_durations() -> tuple[list[int], int, float]:
-    """(cumulative count per bucket of EPOCH_BUCKETS, count, sum) of stored epoch_seconds."""
-    value = MetricRow.value
-    columns = [func.sum(case((value <= bound, 1), else_=0)) for bound in EPOCH_BUCKETS]
+    """(cumulative count per bucket of EPOCH_BUCKETS, count, sum) of the counted epochs."""
     with session_scope() as session:
-        row = session.execute(
-            select(func.count(value), func.sum(value), *columns).where(
-                MetricRow.name == "epoch_seconds",
-                MetricRow.step == 0,
-                value.is_not(None),
-            )
-        ).one()
-    count, total, *buckets = row
-    return [int(b or 0) for b in buckets], int(count or 0), float(total or 0.0)
+        return epoch_histogram(session)
 
 
 class QueueLengths:
@@ -161,7 +151,7 @@ class ServiceCollector(Collector):
             bounds = [(_bound(b), n) for b, n in zip(EPOCH_BUCKETS, buckets, strict=True)]
             yield HistogramMetricFamily(
                 "descent_epoch_duration_seconds",
-                "Wall time of each stored training epoch (epoch_seconds).",
+                "Wall time of each committed training epoch (epoch_seconds), redone ones included.",
                 buckets=[*bounds, ("+Inf", count)],
                 sum_value=total,
             )

@@ -30,7 +30,7 @@ from api.studies.schemas import (
 )
 from core import space as search
 from core.spec import JobSpec
-from descent.queue import STUDY_TASK
+from descent.queue import STUDY_TASK, training_queue
 from descent.settings import Settings
 from store.db import session_scope
 from store.models import Checkpoint, Job, JobStatus, Metric, Study, StudyStatus, StudyTrial, utcnow
@@ -93,7 +93,7 @@ def create_study(
             "seed": body.seed,
             "pruner": body.pruner.model_dump(),
         },
-        queue=settings.gpu_queue if device == "cuda" else settings.cpu_queue,
+        queue=training_queue(device, settings),
         grid_size=grid_size,
     )
     session.add(study)
@@ -321,7 +321,8 @@ def study_public(session: Session, study: Study) -> StudyPublic:
         setattr(counts, view.status, getattr(counts, view.status) + 1)
     trained = sum(v.job.epoch for v in views)
     full = sum(
-        (v.job.spec.get("training") or {}).get("epochs", v.job.epoch) if v.status == "pruned"
+        (v.job.spec.get("training") or {}).get("epochs", v.job.epoch)
+        if v.status == "pruned"
         else v.job.epoch
         for v in views
     )

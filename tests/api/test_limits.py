@@ -5,12 +5,13 @@ overrides from the user."""
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from descent.settings import Settings
 from store.db import session_scope
 from store.models import JobStatus
-from store.users import set_limits
+from store.users import set_limits, used_device_hours
 from tests.api.builders import bearer, count_jobs, make_job, make_user, spec
 
 
@@ -59,6 +60,34 @@ def test_a_used_up_compute_budget_refuses_new_jobs(client: TestClient) -> None:
     response = client.post("/v1/jobs", json=spec())
     assert response.status_code == 429
     assert "compute budget of 0.5 device-hours is used up" in response.json()["detail"]
+
+
+def test_a_job_on_n_processes_counts_n_times_against_the_budget(client: TestClient) -> None:
+    """Each of its ranks holds a device: 500 s on 4 processes are 2000 device-seconds."""
+    with session_scope() as session:
+        set_limits(session, "local", {"device_hours": 0.5})
+    four = spec(training={"epochs": 3, "batch_size": 32, "processes": 4})
+    make_job(status=JobStatus.SUCCEEDED, runtime_seconds=500.0, spec=four)
+    make_job(status=JobStatus.SUCCEEDED, runtime_seconds=100.0)  # one process (the default)
+    with session_scope() as session:
+        assert used_device_hours(session, "local") == pytest.approx(2100 / 3600)
+    response = client.post("/v1/jobs", json=spec())
+    assert response.status_code == 429  # 2100 s > 0.5 h; counted once each, 600 s would pass
+    assert "compute budget of 0.5 device-hours is used up (0.58 used)" in response.json()["detail"]
+
+
+def test_a_runtime_limit_on_n_processes_is_checked_n_times_at_submit(client: TestClient) -> None:
+    with session_scope() as session:
+        set_limits(session, "local", {"device_hours": 1.0})
+    training = {"epochs": 3, "batch_size": 48, "max_runtime_seconds": 1200}
+    # 1200 s on 3 processes: exactly the hour left, accepted; on 4: 1.333 device-hours.
+    assert (
+        client.post("/v1/jobs", json=spec(training={**training, "processes": 3})).status_code == 201
+    )
+    response = client.post("/v1/jobs", json=spec(training={**training, "processes": 4}))
+    assert response.status_code == 429
+    detail = response.json()["detail"]
+    assert "1.333 device-hours (training.max_runtime_seconds 1200 on 4 processes)" in detail
 
 
 def test_limits_default_to_the_settings(configure: Callable[..., Settings], tmp_path: Path) -> None:

@@ -1,17 +1,21 @@
 """The worker's job runner against a real database, without Celery in between."""
 
+import dataclasses
 import math
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
+from api.jobs.schemas import JobPublic
+from core.results import EpochRecord
 from core.spec import JobSpec
+from core.train import Trainer
 from descent.settings import Settings
 from store.artifacts import get_artifacts
 from store.db import session_scope
-from store.models import Checkpoint, Job, Metric
-from worker.runner import JobNotFound, run_job
+from store.models import Checkpoint, Job, JobStatus, Metric
+from worker.runner import JobNotFound, WorkerHooks, run_job
 
 
 def make_job(spec: dict[str, Any], **fields: Any) -> str:
@@ -38,6 +42,27 @@ SPEC = {
     "training": {"epochs": 6, "batch_size": 16, "seed": 0},
     "checkpoints": {"keep_top_k": 1},
 }
+# Three epochs, a checkpoint of each kept: redo_from can resume after any of them.
+SHORT_SPEC = {
+    **SPEC,
+    "training": {**SPEC["training"], "epochs": 3},
+    "checkpoints": {"keep_top_k": 3},
+}
+
+
+def redo_from(job_id: str, epoch: int) -> None:
+    """Make a finished job one that a crash interrupted after ``epoch``: its later checkpoints
+    gone, queued again, so that the next run resumes after ``epoch`` and redoes the rest (its
+    metrics are still stored: the redone epochs replace them)."""
+    with session_scope() as session:
+        session.execute(
+            delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.epoch > epoch)
+        )
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status=JobStatus.QUEUED, finished_at=None, stop=None, best_checkpoint_id=None)
+        )
 
 
 def test_run_job_records_every_epoch_and_keeps_best_and_last(db_env: Settings) -> None:
@@ -149,3 +174,47 @@ def test_an_early_stop_records_the_best_epoch_value_and_patience_in_the_stop(
     assert job.stop["best_epoch"] == best == job.best_epoch
     assert job.stop["best_value"] == pytest.approx(values[best])
     assert job.stop["patience_wait"] == 2 == job.patience_wait
+
+
+ON_EPOCH_END = WorkerHooks.on_epoch_end
+
+
+def report_peaks(monkeypatch: pytest.MonkeyPatch, peaks: dict[int, float]) -> None:
+    """Epochs report these ``peak_memory_bytes``, as epochs on CUDA do (no GPU here)."""
+
+    def on_epoch_end(self: WorkerHooks, trainer: Trainer, record: EpochRecord) -> None:
+        metrics = {**record.metrics, "peak_memory_bytes": peaks[record.epoch]}
+        ON_EPOCH_END(self, trainer, dataclasses.replace(record, metrics=metrics))
+
+    monkeypatch.setattr(WorkerHooks, "on_epoch_end", on_epoch_end)
+
+
+def peak_of(job_id: str) -> int | None:
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        public = JobPublic.from_row(job).peak_memory_bytes
+        assert public == job.peak_memory_bytes  # what GET /v1/jobs/{id} shows
+        return job.peak_memory_bytes
+
+
+def test_the_job_keeps_its_peak_device_memory_over_all_attempts(
+    db_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu_job = make_job(SHORT_SPEC)
+    assert run_job(cpu_job, worker="w1") == "succeeded"
+    assert peak_of(cpu_job) is None  # no device memory measured on the CPU
+
+    job_id = make_job(SHORT_SPEC)
+    report_peaks(monkeypatch, {1: 100.0, 2: 3e9, 3: 200.0})
+    assert run_job(job_id, worker="w1") == "succeeded"
+    assert peak_of(job_id) == 3_000_000_000  # the largest epoch's, past 2**31 (BigInteger)
+    # A resumed attempt that redoes epoch 3 with less memory keeps the earlier peak...
+    redo_from(job_id, 2)
+    report_peaks(monkeypatch, {3: 250.0})
+    assert run_job(job_id, worker="w2") == "succeeded"
+    assert peak_of(job_id) == 3_000_000_000
+    # ...and one with more raises it.
+    redo_from(job_id, 2)
+    report_peaks(monkeypatch, {3: 5e9})
+    assert run_job(job_id, worker="w3") == "succeeded"
+    assert peak_of(job_id) == 5_000_000_000
