@@ -11,16 +11,19 @@ run continues exactly where the saved one was.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 import numpy as np
+import safetensors.torch
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -30,11 +33,13 @@ from torch import nn
 from core.augment import Augmenter
 from core.backbones import load_backbone, set_frozen
 from core.checkpoint import (
+    STATE_SUFFIX,
+    WEIGHTS_SUFFIX,
     CheckpointFiles,
+    atomic_write,
     load_state,
     load_weights,
     save_state,
-    save_weights,
     weights_metadata,
 )
 from core.data import Data, Scaling, load_data, read_source
@@ -974,9 +979,12 @@ class Trainer:
 
     def save_checkpoint(self, directory: str | PathLike[str], stem: str) -> CheckpointFiles:
         """Write <stem>.safetensors (weights) and <stem>.state.pt (resume state) atomically."""
-        directory = Path(directory)
-        weights_path = directory / f"{stem}.safetensors"
-        state_path = directory / f"{stem}.state.pt"
+        return self.snapshot().save(Path(directory), stem)
+
+    def snapshot(self) -> CheckpointSnapshot:
+        """What a checkpoint of the current epoch holds (weights, their metadata, the resume
+        state), every tensor copied to the CPU: training may go on at once, and the copy be
+        written later on another thread (what the worker does)."""
         value = self.last_value if self.last_value is not None else math.nan
         metadata = weights_metadata(self.spec, self.epoch, self.early_stopping.monitor, value)
         # What rebuilding the model takes beyond the spec: an upload's shape, the backbone
@@ -985,9 +993,12 @@ class Trainer:
             metadata["dataset_info"] = json.dumps(self.data.info.to_meta())
         if self.spec.source is not None:
             metadata["backbone_spec"] = self.spec.source.model_dump_json()
-        size, sha256 = save_weights(self.model, weights_path, metadata)
-        save_state(self._state_dict(), state_path)
-        return CheckpointFiles(weights_path, state_path, size, sha256)
+        # Separate contiguous copies: safetensors refuses tensors that share storage.
+        weights = {
+            name: tensor.detach().to("cpu", copy=True).contiguous()
+            for name, tensor in self.model.state_dict().items()
+        }
+        return CheckpointSnapshot(weights, metadata, _cpu_copy(self._state_dict()))
 
     def load_checkpoint(
         self, state_path: str | PathLike[str], weights_path: str | PathLike[str]
@@ -1054,6 +1065,40 @@ class Trainer:
             "processes": self.spec.training.processes,
             **({"scaler": self._scaler.state_dict()} if self._scaler is not None else {}),
         }
+
+
+@dataclass
+class CheckpointSnapshot:
+    """A checkpoint's contents on the CPU (see Trainer.snapshot), not yet written."""
+
+    weights: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    state: dict[str, Any]
+
+    def save(self, directory: Path, stem: str) -> CheckpointFiles:
+        """<stem>.safetensors and <stem>.state.pt, each written atomically and fsynced."""
+        weights_path = directory / f"{stem}{WEIGHTS_SUFFIX}"
+        state_path = directory / f"{stem}{STATE_SUFFIX}"
+        data = safetensors.torch.save(self.weights, metadata=self.metadata)
+        atomic_write(weights_path, data)
+        save_state(self.state, state_path)
+        return CheckpointFiles(
+            weights_path, state_path, len(data), hashlib.sha256(data).hexdigest()
+        )
+
+
+def _cpu_copy(value: Any) -> Any:
+    """A deep copy of a state (dicts, lists, tuples of tensors and plain values) whose
+    tensors are detached copies on the CPU: training may go on changing the originals."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cpu_copy(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_cpu_copy(item) for item in value)
+    return value
 
 
 # The per-epoch metrics the diagnosis follows over the whole run (see _history_state).

@@ -16,10 +16,7 @@ flight is never deleted; a crash before the commit leaves files no row names, wh
 next run sweeps.
 """
 
-import hashlib
-import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,77 +24,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
-import torch
-
-from core.checkpoint import (
-    STATE_SUFFIX,
-    WEIGHTS_SUFFIX,
-    CheckpointFiles,
-    atomic_write,
-    save_state,
-    weights_metadata,
-)
+from core.checkpoint import CheckpointFiles
 from core.results import EpochRecord
 from core.spec import CheckpointSpec
-from core.train import Trainer
+from core.train import CheckpointSnapshot, Trainer
 
 log = logging.getLogger(__name__)
 
 
-def cpu_copy(value: Any) -> Any:
-    """A deep copy of a state (dicts, lists, tuples of tensors and plain values) whose
-    tensors are detached copies on the CPU: training may go on changing the originals."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {key: cpu_copy(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [cpu_copy(item) for item in value]
-    if isinstance(value, tuple):
-        return tuple(cpu_copy(item) for item in value)
-    return value
-
-
 @dataclass
 class Snapshot:
-    """What Trainer.save_checkpoint writes, copied at the end of an epoch."""
+    """A checkpoint due at the end of an epoch: the epoch's numbers, and what
+    ``Trainer.save_checkpoint`` writes, copied (``Trainer.snapshot``)."""
 
     epoch: int
     value: float | None  # the monitored metric at this epoch
     is_best: bool
-    weights: dict[str, torch.Tensor]
-    metadata: dict[str, str]
-    state: dict[str, Any]
+    contents: CheckpointSnapshot
 
     def save(self, directory: Path, stem: str) -> CheckpointFiles:
         """<stem>.safetensors and <stem>.state.pt, each written atomically and fsynced."""
-        weights_path = directory / f"{stem}{WEIGHTS_SUFFIX}"
-        state_path = directory / f"{stem}{STATE_SUFFIX}"
-        data = safetensors.torch.save(self.weights, metadata=self.metadata)
-        atomic_write(weights_path, data)
-        save_state(self.state, state_path)
-        sha256 = hashlib.sha256(data).hexdigest()
-        return CheckpointFiles(weights_path, state_path, len(data), sha256)
+        return self.contents.save(directory, stem)
 
 
 def snapshot(trainer: Trainer, record: EpochRecord) -> Snapshot:
-    """A copy of the trainer's state at the end of ``record``'s epoch, with the same contents
-    as ``trainer.save_checkpoint`` writes (weights, their metadata, the resume state)."""
-    spec = trainer.spec
-    value = trainer.last_value if trainer.last_value is not None else math.nan
-    metadata = weights_metadata(spec, trainer.epoch, trainer.early_stopping.monitor, value)
-    if spec.dataset.source == "upload":
-        metadata["dataset_info"] = json.dumps(trainer.data.info.to_meta())
-    if spec.source is not None:
-        metadata["backbone_spec"] = spec.source.model_dump_json()
-    # Separate contiguous copies: safetensors refuses tensors that share storage.
-    weights = {
-        name: tensor.detach().to("cpu", copy=True).contiguous()
-        for name, tensor in trainer.model.state_dict().items()
-    }
-    state = cpu_copy(trainer._state_dict())
-    return Snapshot(record.epoch, record.value, record.is_best, weights, metadata, state)
+    """A copy of the trainer's checkpoint at the end of ``record``'s epoch."""
+    return Snapshot(record.epoch, record.value, record.is_best, trainer.snapshot())
 
 
 class Cadence:
