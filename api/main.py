@@ -36,6 +36,7 @@ from api.uploads.routes import router as uploads_router
 from api.uploads.service import sweep_staging
 from api.webhooks.routes import router as webhooks_router
 from descent.settings import Settings, get_settings
+from store import webhooks
 
 GZIP_MINIMUM_BYTES = 1024
 # What a page of another origin may send and read, when its origin is in cors_origins.
@@ -55,7 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sweep_staging(settings.artifacts_dir)  # what uploads killed mid-check left behind
+        # Webhook events this process records (a job cancelled while queued) are posted by
+        # a worker's task, sent once their transaction commits.
+        webhooks.set_notifier(lambda job_ids: app.state.task_queue.send_webhooks(job_ids))
         yield
+        webhooks.set_notifier(None)
         app.state.task_queue.close()
         app.state.telemetry.close()
 

@@ -1,10 +1,11 @@
 """Sending training tasks to the broker, by name: the API never imports the worker or torch."""
 
 import threading
+from collections.abc import Iterable
 
 from celery import Celery
 
-from descent.queue import TRAIN_TASK, make_celery
+from descent.queue import TRAIN_TASK, WEBHOOK_TASK, make_celery
 from descent.settings import Settings
 
 # A broker that is down should fail a submit within about a second, not hang it.
@@ -34,6 +35,17 @@ class TaskQueue:
         self.celery.send_task(
             TRAIN_TASK, args=[job_id], queue=queue, retry=True, retry_policy=PUBLISH_RETRY_POLICY
         )
+
+    def send_webhooks(self, job_ids: Iterable[str]) -> None:
+        """The task that posts each job's new webhook events (a job cancelled while queued)."""
+        for job_id in job_ids:
+            self.celery.send_task(
+                WEBHOOK_TASK,
+                args=[job_id],
+                queue=self._settings.cpu_queue,
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
 
     def close(self) -> None:
         with self._lock:

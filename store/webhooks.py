@@ -25,10 +25,12 @@ from sqlalchemy import event, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from store.models import Job, WebhookDelivery, WebhookSecret, utcnow
+from store.models import Job, User, WebhookDelivery, WebhookSecret, utcnow
 
 EVENTS = ("status", "best", "pruned")
 SIGNATURE_HEADER = "Descent-Signature"
+# The event's id (``<job id>-<seq>``), the same on every attempt: what a receiver dedupes on.
+DELIVERY_HEADER = "Descent-Delivery"
 _PENDING = "webhooks.pending_jobs"
 
 _notifier: Callable[[Iterable[str]], None] | None = None
@@ -75,6 +77,31 @@ def secret_for(session: Session, owner: str) -> str:
     except IntegrityError:  # made meanwhile by another process
         pass
     return session.get_one(WebhookSecret, owner, populate_existing=True).secret
+
+
+# ---------------------------------------------------------------------------- defaults
+
+
+def default_notify(session: Session, owner: str) -> dict[str, Any] | None:
+    """The owner's default ``notify`` ({"url", "events"}), for the jobs and studies that
+    name none; None when the owner has not set one."""
+    return session.scalar(select(User.notify).where(User.name == owner))
+
+
+def set_default_notify(session: Session, owner: str, notify: dict[str, Any] | None) -> None:
+    """Set (or, with None, clear) the owner's default ``notify``. The caller checks the URL
+    (``refused_url``) first."""
+    user = session.scalars(select(User).where(User.name == owner)).one()
+    user.notify = notify
+
+
+def with_default_notify(session: Session, spec: dict[str, Any], owner: str) -> dict[str, Any]:
+    """The (JSON) spec with the owner's default ``notify`` where it names none, so the stored
+    spec shows where its events go."""
+    if spec.get("notify") is not None:
+        return spec
+    default = default_notify(session, owner)
+    return spec if default is None else {**spec, "notify": default}
 
 
 # ---------------------------------------------------------------------------- targets
@@ -140,6 +167,29 @@ def _payload(job: Job, name: str) -> dict[str, Any]:
     return data
 
 
+def _last_seq(session: Session, job_id: str) -> int:
+    """The job's last event number, taken under the job row's lock (PostgreSQL), so that
+    two transactions recording events of one job at once number them one after the other
+    (the second waits for the first to end) instead of both taking the same number.
+
+    Read afresh each time, never cached in the session: a savepoint rolled back takes its
+    events with it. Events added to the session and not yet flushed count too.
+    """
+    added = [
+        obj.seq
+        for obj in session.new
+        if isinstance(obj, WebhookDelivery) and obj.job_id == job_id and obj.seq is not None
+    ]
+    with session.no_autoflush:
+        session.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+        stored = session.scalar(
+            select(func.coalesce(func.max(WebhookDelivery.seq), 0)).where(
+                WebhookDelivery.job_id == job_id
+            )
+        )
+    return max([stored or 0, *added])
+
+
 def _add(session: Session, job: Job, names: list[str]) -> None:
     notify = _notify_spec(job)
     if notify is None:
@@ -147,18 +197,10 @@ def _add(session: Session, job: Job, names: list[str]) -> None:
     wanted = [name for name in names if name in notify.get("events", ["status"])]
     if not wanted:
         return
-    counters: dict[str, int] = session.info.setdefault("webhooks.seq", {})
-    if job.id not in counters:
-        with session.no_autoflush:
-            counters[job.id] = session.scalar(
-                select(func.coalesce(func.max(WebhookDelivery.seq), 0)).where(
-                    WebhookDelivery.job_id == job.id
-                )
-            )
+    seq = _last_seq(session, job.id)
     now = utcnow()
     for name in wanted:
-        counters[job.id] += 1
-        seq = counters[job.id]
+        seq += 1
         body = {
             "id": f"{job.id}-{seq}",
             "event": name,
@@ -215,7 +257,6 @@ def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
-    session.info.pop("webhooks.seq", None)
     jobs = session.info.pop(_PENDING, None)
     if jobs and _notifier is not None:
         try:
@@ -228,5 +269,4 @@ def _after_commit(session: Session) -> None:
 
 @event.listens_for(Session, "after_rollback")
 def _after_rollback(session: Session) -> None:
-    session.info.pop("webhooks.seq", None)
     session.info.pop(_PENDING, None)

@@ -1,10 +1,15 @@
 """Posting a job's webhook events (store/webhooks.py records them), in order, signed.
 
 ``deliver(job_id)`` posts the job's undelivered events in seq order: an event is posted
-only once every event before it was delivered or given up. Each POST is claimed first (a
-compare-and-set on the row), so two senders never post the same event; a sender that dies
-mid-POST leaves its claim to expire, and the event is posted again then (receivers dedupe
-on the event's ``id``). A failed POST (no answer, or not 2xx) is retried after
+only once every event before it was delivered or given up. Each POST is claimed first: a
+compare-and-set on the row's status and attempt count that takes the next attempt number,
+so two senders never post the same attempt, and only the holder of the latest claim
+records an outcome. (Not ``SELECT ... FOR UPDATE SKIP LOCKED``: a sender skipping an event
+another holds would post the next one out of order.) Delivery is at least once: a sender
+that dies mid-POST leaves its claim to expire (``claim_seconds``) and the event is posted
+again then, and a POST that timed out is tried again although the receiver may have taken
+it; each POST carries the event's id (``Descent-Delivery``, also ``id`` in the body) for
+receivers to drop a repeat. A failed POST (no answer, or not 2xx) is retried after
 ``webhook_backoff_seconds`` × 2^(attempt-1) (capped), up to ``webhook_max_attempts``;
 the task retries itself with that countdown. The URL's host is resolved again before every
 POST and refused if it is private (unless ``webhook_allow_private``); redirects are not
@@ -49,10 +54,18 @@ def backoff(attempt: int, settings: Settings) -> float:
     )
 
 
+def claim_seconds(settings: Settings) -> timedelta:
+    """How long a claim holds an event before another sender may post it again: well past
+    the longest a POST may take (httpx's timeout is per phase: connect, write, then each
+    read) and the time to record its answer. It matters only when a sender died mid-POST."""
+    return timedelta(seconds=4 * settings.webhook_timeout_seconds + 60)
+
+
 def deliver(job_id: str, settings: Settings | None = None) -> float | None:
     """Post the job's due events in order. Returns None when none is left to post, or the
     seconds until the first one left may be tried again."""
     settings = settings or get_settings()
+    hold = claim_seconds(settings)
     while True:
         now = utcnow()
         with session_scope() as session:
@@ -67,7 +80,9 @@ def deliver(job_id: str, settings: Settings | None = None) -> float | None:
             due = _aware(row.next_attempt_at)
             if due is not None and due > now:
                 return (due - now).total_seconds()
-            claim_until = now + timedelta(seconds=settings.webhook_timeout_seconds + 30)
+            # The claim is the attempt's number: each claim takes a new one, so only the
+            # sender holding the latest claim records an outcome (see _record).
+            attempt = row.attempts + 1
             claimed = session.execute(
                 update(WebhookDelivery)
                 .where(
@@ -75,23 +90,24 @@ def deliver(job_id: str, settings: Settings | None = None) -> float | None:
                     WebhookDelivery.status == row.status,
                     WebhookDelivery.attempts == row.attempts,
                 )
-                .values(status="sending", next_attempt_at=claim_until)
+                .values(status="sending", attempts=attempt, next_attempt_at=utcnow() + hold)
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
             if not claimed:
                 continue  # another sender took it: look again
             owner = session.scalar(select(Job.owner).where(Job.id == job_id))
             secret = webhooks.secret_for(session, owner or "")
-            delivery_id, url, attempt = row.id, row.url, row.attempts + 1
+            delivery_id, url = row.id, row.url
             event, body = row.event, json.dumps(row.payload, separators=(",", ":")).encode()
-        status_code, error = _post(url, event, body, secret, settings)
+            event_id = f"{row.job_id}-{row.seq}"
+        status_code, error = _post(url, event, event_id, body, secret, settings)
         delay = _record(delivery_id, attempt, status_code, error, settings)
         if delay is not None:
             return delay
 
 
 def _post(
-    url: str, event: str, body: bytes, secret: str, settings: Settings
+    url: str, event: str, event_id: str, body: bytes, secret: str, settings: Settings
 ) -> tuple[int | None, str | None]:
     refused = webhooks.refused_url(url, allow_private=settings.webhook_allow_private)
     if refused is not None:
@@ -101,6 +117,7 @@ def _post(
         "Content-Type": "application/json",
         "User-Agent": "Descent-Webhooks/1",
         "Descent-Event": event,
+        webhooks.DELIVERY_HEADER: event_id,
         webhooks.SIGNATURE_HEADER: webhooks.sign(secret, timestamp, body),
     }
     try:
@@ -126,31 +143,39 @@ def _record(
     settings: Settings,
 ) -> float | None:
     """Write the attempt's outcome; the delay before the next try of a failed one that is
-    tried again (None when it was delivered, or given up)."""
+    tried again (None when it was delivered, given up, or claimed meanwhile by another
+    sender after this claim expired: that sender records its own attempt, not this one)."""
     now = utcnow()
     refused = error is not None and error.startswith("refused:")
-    with session_scope() as session:
-        row = session.get_one(WebhookDelivery, delivery_id)
-        row.attempts = attempt
-        row.status_code, row.error = status_code, error
-        row.history = [
-            *row.history,
-            {
-                "attempt": attempt,
-                "status_code": status_code,
-                "error": error,
-                "at": now.isoformat(),
-            },
-        ]
-        if error is None:
-            row.status, row.delivered_at, row.next_attempt_at = "delivered", now, None
-            return None
-        if refused or attempt >= settings.webhook_max_attempts:
-            row.status, row.next_attempt_at = "failed", None
-            return None
+    entry = {"attempt": attempt, "status_code": status_code, "error": error, "at": now.isoformat()}
+    values: dict[str, object] = {"status_code": status_code, "error": error}
+    delay = None
+    if error is None:
+        values.update(status="delivered", delivered_at=now, next_attempt_at=None)
+    elif refused or attempt >= settings.webhook_max_attempts:
+        values.update(status="failed", next_attempt_at=None)
+    else:
         delay = backoff(attempt, settings)
-        row.status, row.next_attempt_at = "pending", now + timedelta(seconds=delay)
-        return delay
+        values.update(status="pending", next_attempt_at=now + timedelta(seconds=delay))
+    with session_scope() as session:
+        history = session.scalar(
+            select(WebhookDelivery.history).where(WebhookDelivery.id == delivery_id)
+        )
+        mine = WebhookDelivery.status == "sending", WebhookDelivery.attempts == attempt
+        recorded = session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id, *mine)
+            .values(history=[*(history or []), entry], **values)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+    if not recorded:
+        log.warning(
+            "webhook delivery %s: attempt %d outlived its claim; another sender took it over",
+            delivery_id,
+            attempt,
+        )
+        return None
+    return delay
 
 
 @lru_cache(maxsize=4)

@@ -15,7 +15,7 @@ from api.db import on_commit
 from api.encoding import as_utc, non_finite_paths
 from api.errors import Conflict, InvalidParameter, NotFound, TooManyRequests, Unavailable
 from api.queue import TaskQueue
-from api.webhooks.service import notify_errors
+from api.webhooks.service import notify_errors, record_status, with_default_notify
 from core.spec import JobBackbone, JobSpec, warnings
 from descent.queue import training_queue
 from descent.settings import Settings
@@ -41,6 +41,7 @@ def submit_job(
     if bad:
         raise InvalidParameter([(("body", *path), "must be a finite number", None) for path in bad])
     parameters = check_limits(session, spec, owner=owner, settings=settings)
+    spec_json = with_default_notify(session, spec_json, owner=owner)
     stopping = spec.early_stopping
     job = Job(
         owner=owner,
@@ -270,5 +271,7 @@ def cancel_job(session: Session, job_id: str, *, owner: str) -> Job:
         )
         session.refresh(job)
         if result.rowcount:  # type: ignore[attr-defined]
+            if job.status == JobStatus.CANCELLED:
+                record_status(session, job)  # its webhook event (a running job's: its worker)
             return job
     raise Conflict(f"job {job_id} changed state while being cancelled; try again")

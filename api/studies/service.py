@@ -28,6 +28,7 @@ from api.studies.schemas import (
     TrialCounts,
     TrialPublic,
 )
+from api.webhooks.service import with_default_notify
 from core import space as search
 from core.spec import JobSpec
 from descent.queue import STUDY_TASK, training_queue
@@ -79,6 +80,7 @@ def create_study(
         "max" if metric.endswith("accuracy") else "min"
     )
     device = JobSpec.model_validate(base).training.device
+    base = with_default_notify(session, base, owner=owner)  # its trials' events go there
     study = Study(
         owner=owner,
         name=body.name,

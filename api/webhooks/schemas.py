@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from api.encoding import as_utc
+from core.spec import NotifySpec
 from store.models import WebhookDelivery
 
 
@@ -14,6 +15,13 @@ class WebhookSecret(BaseModel):
         description="The key of the HMAC-SHA256 in each delivery's Descent-Signature header"
     )
     header: str = Field("Descent-Signature", description="The header that carries it")
+
+
+class DefaultNotify(BaseModel):
+    notify: NotifySpec | None = Field(
+        description="Where the events of your jobs and studies that name no `notify` go; "
+        "null: none set"
+    )
 
 
 class DeliveryAttempt(BaseModel):

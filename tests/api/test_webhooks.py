@@ -118,3 +118,92 @@ def test_the_delivery_log_is_the_jobs_events_in_order(client: TestClient, db_env
     other = bearer(make_user("other"))
     assert client.get(f"/v1/jobs/{job_id}/deliveries", headers=other).status_code == 404
     assert client.get(f"/v1/jobs/{make_job()}/deliveries").json() == {"items": []}
+
+
+def test_a_users_default_notify_is_set_read_cleared_and_used_at_submit(
+    client: TestClient, db_env: Settings
+) -> None:
+    assert client.get("/v1/webhooks/notify").json() == {"notify": None}
+    default = {"url": "https://93.184.215.14/default", "events": ["status", "pruned"]}
+    put = client.put("/v1/webhooks/notify", json=default)
+    assert put.status_code == 200, put.text
+    assert put.json() == {"notify": default}
+    assert client.get("/v1/webhooks/notify").json() == {"notify": default}
+    # Another user has none.
+    other = bearer(make_user("other"))
+    assert client.get("/v1/webhooks/notify", headers=other).json() == {"notify": None}
+
+    # A job naming none takes it (and shows it); one naming its own keeps its own.
+    taken = client.post("/v1/jobs", json=spec()).json()
+    assert taken["spec"]["notify"] == default
+    own = {"url": "https://93.184.215.14/own", "events": ["best"]}
+    assert client.post("/v1/jobs", json=spec(notify=own)).json()["spec"]["notify"] == own
+    assert client.post("/v1/jobs", json=spec(), headers=other).json()["spec"]["notify"] is None
+    # So does a study's base, from which its trials are made.
+    study = client.post("/v1/studies", json={
+        "base": spec(), "space": {"optimizer.lr": {"choice": [0.01, 0.1]}}, "algorithm": "grid"
+    })  # fmt: skip
+    assert study.status_code == 201, study.text
+    with session_scope() as session:
+        from store.models import Study
+
+        assert session.get_one(Study, study.json()["id"]).spec["base"]["notify"] == default
+
+    # An event of the job goes to the default's URL.
+    with session_scope() as session:
+        session.get_one(Job, taken["id"]).status = JobStatus.RUNNING
+    [delivery] = client.get(f"/v1/jobs/{taken['id']}/deliveries").json()["items"]
+    assert (delivery["url"], delivery["event"]) == (default["url"], "status")
+
+    assert client.delete("/v1/webhooks/notify").status_code == 204
+    assert client.get("/v1/webhooks/notify").json() == {"notify": None}
+    assert client.post("/v1/jobs", json=spec()).json()["spec"]["notify"] is None
+
+
+@pytest.mark.parametrize(
+    "body, loc, message",
+    [
+        ({"url": "http://169.254.169.254/latest"}, ["body", "url"], "loopback, private"),
+        ({"url": "http://10.0.0.1/hook"}, ["body", "url"], "webhook_allow_private"),
+        ({"url": "ftp://example.org/hook"}, ["body", "url"], "should match pattern"),
+        ({"url": "https://example.org/h", "events": ["done"]}, ["body", "events", 0], "Input"),
+    ],
+)
+def test_a_bad_default_notify_is_422_and_not_stored(
+    sqlite_client: TestClient, body: dict[str, object], loc: list[object], message: str
+) -> None:
+    response = sqlite_client.put("/v1/webhooks/notify", json=body)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == loc and message in error["msg"], error
+    assert sqlite_client.get("/v1/webhooks/notify").json() == {"notify": None}
+
+
+def test_a_job_cancelled_while_queued_sends_its_status_event_once(
+    client: TestClient, db_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.runner import claim
+
+    sent: list[list[str]] = []
+    monkeypatch.setattr(client.app.state.task_queue, "send_webhooks", lambda ids: sent.append(
+        list(ids)))  # fmt: skip
+    notify = {"url": "https://93.184.215.14/hook", "events": ["status", "best"]}
+    job = client.post("/v1/jobs", json=spec(notify=notify)).json()
+    assert client.get(f"/v1/jobs/{job['id']}/deliveries").json() == {"items": []}
+    assert sent == []
+
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202  # twice: no news
+    # The worker that gets the job's task later finds it cancelled and records nothing.
+    assert claim(job["id"], "w1") is None
+
+    items = client.get(f"/v1/jobs/{job['id']}/deliveries").json()["items"]
+    assert [(i["seq"], i["event"], i["status"]) for i in items] == [(1, "status", "pending")]
+    data = items[0]["payload"]["data"]
+    assert (data["status"], data["epoch"], data["stop"]["reason"]) == ("cancelled", 0, "cancelled")
+    assert sent == [[job["id"]]]  # its delivery task, sent once the cancel committed
+    # A job without notify records nothing when cancelled.
+    plain = client.post("/v1/jobs", json=spec()).json()
+    assert client.post(f"/v1/jobs/{plain['id']}/cancel").status_code == 202
+    assert client.get(f"/v1/jobs/{plain['id']}/deliveries").json() == {"items": []}
+    assert sent == [[job["id"]]]
