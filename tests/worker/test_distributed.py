@@ -11,9 +11,11 @@ from sqlalchemy import select, update
 
 from core.checkpoint import load_model
 from descent.settings import Settings
+from store import counters
 from store.artifacts import get_artifacts
 from store.db import session_scope
 from store.models import Checkpoint, Job, Metric
+from store.users import used_device_hours
 from tests.timing import wait_for
 from tests.worker.test_runner import make_job
 from worker.runner import RetryableFailure, run_job
@@ -59,7 +61,13 @@ def _ranks() -> list[int]:
     return sorted(pids)
 
 
+def _epochs_counted() -> float:
+    with session_scope() as session:
+        return counters.totals(session, (counters.EPOCH_COUNT,))[counters.EPOCH_COUNT]
+
+
 def test_a_two_process_job_records_what_one_process_would(postgres_env: Settings) -> None:
+    counted = _epochs_counted()
     one, two = make_job(_with(1)), make_job(_with(2))
     assert run_job(one, worker="w1") == "succeeded"
     assert run_job(two, worker="w1") == "succeeded"
@@ -76,6 +84,12 @@ def test_a_two_process_job_records_what_one_process_would(postgres_env: Settings
     path = get_artifacts().path(best.weights_path)
     model = load_model(None, path)
     assert not any(name.startswith("module.") for name in model.state_dict())
+    # Rank 0 alone counts the epochs: 4 for each job, not 4 per rank...
+    assert _epochs_counted() - counted == 8
+    # ...and the two-process job holds two devices for its runtime.
+    with session_scope() as session:
+        used = used_device_hours(session, "local") * 3600
+    assert used == pytest.approx(_job(one).runtime_seconds + 2 * job.runtime_seconds)
 
 
 def test_a_cancel_stops_both_ranks(postgres_env: Settings) -> None:
