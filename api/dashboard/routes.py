@@ -1,4 +1,5 @@
-"""Dashboard routes: the page (at ``/`` and ``/jobs/{id}``), its script and its style sheet.
+"""Dashboard routes: the page (at ``/``, ``/jobs/{id}``, ``/studies`` and ``/studies/{id}``),
+its scripts and its style sheet.
 
 The files are package data (``api/dashboard/static``); nothing is built or downloaded to run
 them. They hold no data: the script asks the API for it with the user's token (see app.js),
@@ -15,7 +16,10 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
+from api.errors import NotFound
+
 STATIC = Path(__file__).parent / "static"
+SCRIPTS = ("app", "study")  # study.js: the study page (loaded before app.js, which starts)
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
 
@@ -23,26 +27,23 @@ router = APIRouter(tags=["dashboard"], include_in_schema=False)
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 
-def _page(request: Request) -> Response:
+async def dashboard_page(request: Request) -> Response:
+    """One page for every address below: its script reads the address and draws that view."""
     if "token" in request.query_params:
         url = request.url.remove_query_params("token")
         return RedirectResponse(url.path + (f"?{url.query}" if url.query else ""), 303)
     return FileResponse(STATIC / "index.html", media_type="text/html", headers=NO_CACHE)
 
 
-@router.get("/")
-async def dashboard(request: Request) -> Response:
-    return _page(request)
+for page in ("/", "/jobs/{job_id}", "/studies", "/studies/{study_id}"):
+    router.add_api_route(page, dashboard_page, methods=["GET"])
 
 
-@router.get("/jobs/{job_id}")
-async def dashboard_job(job_id: str, request: Request) -> Response:
-    return _page(request)
-
-
-@router.get("/dashboard/app.js")
-async def dashboard_script() -> FileResponse:
-    return FileResponse(STATIC / "app.js", media_type="text/javascript", headers=NO_CACHE)
+@router.get("/dashboard/{script}.js")
+async def dashboard_script(script: str) -> FileResponse:
+    if script not in SCRIPTS:
+        raise NotFound(f"no script {script}.js")
+    return FileResponse(STATIC / f"{script}.js", media_type="text/javascript", headers=NO_CACHE)
 
 
 @router.get("/dashboard/style.css")

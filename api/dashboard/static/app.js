@@ -1,4 +1,5 @@
-// Descent dashboard: the job list at /, one job at /jobs/<id>. No framework, no build step.
+// Descent dashboard: the job list at /, one job at /jobs/<id>, the study list at /studies,
+// one study at /studies/<id>. No framework, no build step.
 //
 // The token: open the page once as /#token=<token> (a URL fragment never reaches a server,
 // so no access log holds it; it is moved to sessionStorage and taken out of the address
@@ -132,42 +133,58 @@ function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-// ---- the job list ---------------------------------------------------------------------------
+// ---- the lists -------------------------------------------------------------------------------
 
-async function listPage(app) {
-  document.title = "Descent: jobs";
+// A table refreshed every 2 seconds from `path` (a page of `items`); data-rows on the table
+// says how many rows it shows.
+async function listPage(app, { title, path, columns, numeric, row, empty }) {
+  document.title = `Descent: ${title.toLowerCase()}`;
   const body = h("tbody");
   const table = h(
-    "table", { class: "jobs", id: "jobs" },
-    h("thead", {}, h("tr", {},
-      ["name", "status", "epoch", "best", "created", "id"].map((c) =>
-        h("th", { class: c === "epoch" || c === "best" ? "num" : null }, c)))),
+    "table", { class: "list", id: title.toLowerCase() },
+    h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: numeric.includes(c) ? "num" : null }, c)))),
     body,
   );
   const note = h("p", { class: "muted" }, "Updates every 2 seconds.");
-  app.replaceChildren(h("h1", {}, "Jobs"), table, note);
+  app.replaceChildren(h("h1", {}, title), table, note);
 
   for (;;) {
     try {
-      const page = await api("/v1/jobs?limit=100");
-      body.replaceChildren(...page.items.map(jobRow));
+      const page = await api(path);
+      body.replaceChildren(...page.items.map(row));
       if (!page.items.length) {
-        body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "muted" },
-          "No jobs yet. Submit one with `descent submit job.yaml`.")));
+        body.replaceChildren(h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, empty)));
       }
-      table.dataset.jobs = String(page.items.length);
+      table.dataset.rows = String(page.items.length);
     } catch (error) {
       if (error.status === 401) return;
-      note.textContent = "Could not load the jobs: " + error.message;
+      note.textContent = `Could not load the ${title.toLowerCase()}: ${error.message}`;
     }
     await sleep(2000);
   }
 }
 
+function jobsPage(app) {
+  return listPage(app, {
+    title: "Jobs", path: "/v1/jobs?limit=100", row: jobRow,
+    columns: ["name", "status", "epoch", "best", "created", "id"], numeric: ["epoch", "best"],
+    empty: "No jobs yet. Submit one with `descent submit job.yaml`.",
+  });
+}
+
+function studiesPage(app) {
+  return listPage(app, {
+    title: "Studies", path: "/v1/studies?limit=100", row: studyRow,
+    columns: ["name", "status", "trials", "best", "created", "id"], numeric: ["trials", "best"],
+    empty: "No studies yet. Submit one with `descent study submit study.yaml`.",
+  });
+}
+
 function jobRow(job) {
   const total = totalEpochs(job);
   return h("tr", { "data-status": job.status },
-    h("td", {}, h("a", { href: "/jobs/" + job.id }, job.name || "(unnamed)")),
+    h("td", {}, h("a", { href: "/jobs/" + job.id }, job.name || "(unnamed)"),
+      job.study_id ? [" ", h("a", { href: "/studies/" + job.study_id, class: "muted" }, "(study)")] : null),
     h("td", {}, badge(job.status)),
     h("td", { class: "num" }, total ? `${job.epoch} / ${total}` : job.epoch),
     h("td", { class: "num" }, bestText(job)),
@@ -343,6 +360,8 @@ function renderSummary(el, state) {
       `${stop.epoch ? " at epoch " + stop.epoch : ""}` +
       `${stop.detail && stop.detail !== job.error ? ": " + stop.detail : ""}` : null],
     ["error", job.error],
+    ["study", job.study_id ? h("a", { href: "/studies/" + job.study_id }, "a trial of this study") : null],
+    ["params", job.study_id && job.params ? h("span", { class: "mono" }, paramsText(job.params)) : null],
     ["created", when(job.created_at)],
     ["finished", job.finished_at ? when(job.finished_at) : null],
     ["id", h("span", { class: "mono" }, job.id)],
@@ -641,9 +660,13 @@ function main() {
   takeTokenFromUrl();
   setupLogin();
   const app = document.getElementById("app");
-  const match = /^\/jobs\/([^/]+)\/?$/.exec(location.pathname);
-  if (match) jobPage(app, decodeURIComponent(match[1]));
-  else listPage(app);
+  const path = location.pathname;
+  const job = /^\/jobs\/([^/]+)\/?$/.exec(path);
+  const study = /^\/studies\/([^/]+)\/?$/.exec(path);
+  if (job) jobPage(app, decodeURIComponent(job[1]));
+  else if (study) studyPage(app, decodeURIComponent(study[1]));
+  else if (/^\/studies\/?$/.test(path)) studiesPage(app);
+  else jobsPage(app);
 }
 
 main();
