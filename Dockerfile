@@ -19,15 +19,17 @@ RUN useradd --create-home --uid 1000 descent \
     && chown descent:descent /data /artifacts /torch-cache
 WORKDIR /app
 
-# pyproject.toml's dependencies, but torch and torchvision: only the worker has them.
+# pyproject.toml's dependencies and the client's (client/pyproject.toml), but torch and
+# torchvision (only the worker has them) and the client itself (installed from ./client).
 COPY pyproject.toml .
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('torch')))" > requirements.txt \
+COPY client/pyproject.toml client/
+RUN python -c "import tomllib; deps = [d for f in ('pyproject.toml', 'client/pyproject.toml') for d in tomllib.load(open(f, 'rb'))['project']['dependencies']]; print('\n'.join(d for d in deps if not d.startswith(('torch', 'descent-client'))))" > requirements.txt \
     && pip install -r requirements.txt
 
 
 FROM base AS api
 COPY . .
-RUN pip install --no-deps -e .
+RUN pip install --no-deps -e ./client -e .
 USER descent
 EXPOSE 8000
 CMD ["descent", "api", "--host", "0.0.0.0", "--port", "8000"]
@@ -37,7 +39,7 @@ FROM base AS worker
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if d.startswith('torch')))" > requirements-torch.txt \
     && pip install -r requirements-torch.txt
 COPY . .
-RUN pip install --no-deps -e .
+RUN pip install --no-deps -e ./client -e .
 USER descent
 EXPOSE 8000
 CMD ["descent", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -11,10 +11,14 @@ BIN := $(VENV)/bin
 install: $(VENV)/.installed
 
 # Reinstalled whenever pyproject.toml changes; the Dockerfile installs the same dependencies,
-# then the code with `pip install --no-deps -e .`.
-$(VENV)/.installed: pyproject.toml
+# then the code with `pip install --no-deps -e ./client -e .`. The client (./client, the
+# `descent` command) is installed with the service, which depends on it.
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e ./client -e '.[test]'
+	@# A venv made before the client was split off: removing the service's old version
+	@# removed its `descent` script, which is now the client's.
+	test -x $(BIN)/descent || $(BIN)/pip install --no-deps --force-reinstall -e ./client
 	touch $@
 
 serve: install

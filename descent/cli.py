@@ -6,9 +6,11 @@
     descent worker    one Celery worker process, one job at a time (production: one per GPU,
                       and as many as wanted for CPU; the container runtime restarts it)
 
-and the user's commands, which talk to a running service (descent/commands.py):
-submit, jobs, show, metrics, cancel, download; and the admin's (descent/admin.py):
-users, tokens.
+and the admin's (descent/admin.py): users, tokens. The ``descent`` command itself is the
+client's (the ``descent-client`` distribution, descent_client/cli.py, which holds the user's
+commands that talk to a running service: submit, wait, jobs, show, metrics, cancel,
+download, export, datasets, weights, study); the service adds the commands above to it
+through the entry point ``descent.commands`` (pyproject.toml), with add_service_commands.
 
 Heavy imports (uvicorn, SQLAlchemy, the API) happen inside the commands, so ``--help`` is fast.
 """
@@ -21,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 API_APP = "api.main:app"
 CELERY_APP = "worker.app:celery_app"
@@ -232,12 +235,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="descent", description="Descent: hosted PyTorch training jobs."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_service_commands(sub: Any) -> None:
+    """The service's commands, added to the ``descent`` parser's subcommands (the entry
+    point ``descent.commands``)."""
     p = sub.add_parser(
         "serve",
         help="start everything on this machine: migrate, one worker, the API",
@@ -276,19 +276,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="descent@%h", help="Celery node name (default: descent@%%h)")
     p.set_defaults(func=cmd_worker)
 
-    from descent.commands import add_client_commands
-
-    add_client_commands(sub)
-
     from descent.admin import add_admin_commands
 
     add_admin_commands(sub)
-    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``descent`` parser: the service's commands and the client's."""
+    from descent_client.cli import build_parser as client_parser
+
+    return client_parser([add_service_commands])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m descent``: the same as the ``descent`` command."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    code: int = args.func(args)
+    return code
 
 
 if __name__ == "__main__":

@@ -527,10 +527,10 @@ def test_migrate_works_from_a_built_wheel(tmp_path: Path) -> None:
     source = copy_source(tmp_path / "source")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         str(source), "-w", str(tmp_path / "dist")],
+         str(source), str(source / "client"), "-w", str(tmp_path / "dist")],
         check=True, capture_output=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
-    [wheel] = (tmp_path / "dist").glob("descent-*.whl")
+    wheels = sorted(str(w) for w in (tmp_path / "dist").glob("descent*.whl"))  # and the client
     # A fresh environment holding the wheel alone; its dependencies come from this one
     # (a path in a .pth file: this environment's own editable install is not loaded).
     venv = tmp_path / "venv"
@@ -543,7 +543,7 @@ def test_migrate_works_from_a_built_wheel(tmp_path: Path) -> None:
     (Path(site) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
-         str(wheel)],
+         *wheels],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     shutil.rmtree(source)  # nothing of the checkout is left to fall back on

@@ -1,6 +1,6 @@
 """A Python client for the Descent API, over httpx. It never imports torch.
 
-    from descent.client import DescentClient
+    from descent_client import DescentClient
 
     with DescentClient("http://127.0.0.1:8000", token="...") as client:
         job = client.submit("job.yaml")                      # a path, YAML/JSON text or a dict
@@ -27,78 +27,27 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+from descent_client.models import (
+    TERMINAL,
+    Checkpoint,
+    Epoch,
+    Export,
+    Importance,
+    Job,
+    MetricsPage,
+    Study,
+    Trial,
+    Upload,
+)
 
 if TYPE_CHECKING:
     import pandas
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-
-
-class Best(TypedDict):
-    epoch: int | None
-    metric: str
-    mode: str
-    value: float | None
-    checkpoint_id: str | None
-
-
-class Last(TypedDict):
-    epoch: int
-    value: float | None
-
-
-class Job(TypedDict, total=False):
-    id: str
-    name: str | None
-    status: str
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    epoch: int
-    best: Best
-    last: Last
-    stop: dict[str, Any] | None
-    error: str | None
-    diagnosis: dict[str, Any] | None
-    warnings: list[str]
-    parameters: dict[str, int] | None
-    cancel_requested: bool
-    attempt: int
-    queue: str
-    spec_hash: str
-    spec: dict[str, Any]
-
-
-class Epoch(TypedDict):
-    epoch: int
-    metrics: dict[str, float | None]
-
-
-class Checkpoint(TypedDict):
-    id: str
-    epoch: int
-    value: float | None
-    bytes: int
-    sha256: str
-    is_best: bool
-    is_last: bool
-    created_at: str
-
-
-class Upload(TypedDict):
-    id: str
-    kind: str
-    name: str | None
-    filename: str | None
-    format: str
-    bytes: int
-    sha256: str
-    info: dict[str, Any]
-    created_at: str
 
 
 @dataclass(frozen=True)
@@ -239,11 +188,11 @@ class DescentClient:
         job: Job = self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
         return job
 
-    def metrics_page(self, job_id: str, after: int = 0, limit: int = 1000) -> dict[str, Any]:
+    def metrics_page(self, job_id: str, after: int = 0, limit: int = 1000) -> MetricsPage:
         """One page of ``/metrics``: ``{"items": [...], "next": cursor, "complete": bool}``.
         ``next`` is where the following page starts (pass it as ``after``); ``complete``
         says the job has ended and this page holds its last epoch."""
-        page: dict[str, Any] = self._request(
+        page: MetricsPage = self._request(
             "GET", f"/v1/jobs/{job_id}/metrics", params={"after": after, "limit": limit}
         ).json()
         return page
@@ -259,9 +208,7 @@ class DescentClient:
                 return out
             after = page["next"]
 
-    def poll_metrics(
-        self, job_id: str, after: int = 0, interval: float = 1.0
-    ) -> Iterator[Epoch]:
+    def poll_metrics(self, job_id: str, after: int = 0, interval: float = 1.0) -> Iterator[Epoch]:
         """Every epoch record after ``after`` as it is stored, until the job has ended:
         polls ``/metrics`` with ``after`` set to each page's ``next`` (no epoch repeated or
         lost) and stops on ``complete``."""
@@ -306,29 +253,28 @@ class DescentClient:
             "GET", f"/v1/jobs/{job_id}/plot.png", params={"width": width, "height": height}
         ).content
 
-    def download(
-        self,
-        job_id: str,
-        path: str | Path,
-        *,
-        epoch: int | None = None,
-    ) -> Checkpoint:
-        """Save the best checkpoint (or the one of ``epoch``) to ``path``, checking its sha256
-        against the checkpoint's listing and the response's ETag. Returns the checkpoint."""
+    def _checkpoint(self, job_id: str, epoch: int | None) -> Checkpoint:
+        """The job's best checkpoint (``epoch`` None) or the one of ``epoch``, as listed."""
         listing = self.checkpoints(job_id)
         if epoch is None:
-            chosen = next((c for c in listing if c["is_best"]), None)
-            url = f"/v1/jobs/{job_id}/checkpoints/best"
-            if chosen is None:
+            best = next((c for c in listing if c["is_best"]), None)
+            if best is None:
                 raise DescentError(404, f"job {job_id} has no best checkpoint yet")
-        else:
-            chosen = next((c for c in listing if c["epoch"] == epoch), None)
-            if chosen is None:
-                kept = ", ".join(str(c["epoch"]) for c in listing) or "none"
-                raise DescentError(
-                    404, f"job {job_id} keeps no checkpoint of epoch {epoch} (kept: {kept})"
-                )
-            url = f"/v1/checkpoints/{chosen['id']}"
+            return best
+        chosen = next((c for c in listing if c["epoch"] == epoch), None)
+        if chosen is None:
+            kept = ", ".join(str(c["epoch"]) for c in listing) or "none"
+            raise DescentError(
+                404, f"job {job_id} keeps no checkpoint of epoch {epoch} (kept: {kept})"
+            )
+        return chosen
+
+    def _save(
+        self, url: str, path: str | Path, *, known: str, require: bool, progress: bool
+    ) -> str:
+        """Stream ``url`` into ``path`` (through ``path.part``, removed on any failure) and
+        return its sha256, which must equal the server's checksum header (``known`` when it
+        sends none) and, with ``require``, ``known`` too. ``progress``: a bar on stderr."""
         target = Path(path)
         partial = target.with_name(target.name + ".part")
         digest = hashlib.sha256()
@@ -340,25 +286,119 @@ class DescentClient:
                 served = response.headers.get("x-checksum-sha256") or response.headers.get(
                     "etag", ""
                 ).strip('"')
-                with partial.open("wb") as out:
+                size = int(response.headers.get("content-length") or 0) or None
+                with partial.open("wb") as out, _bar(progress, size, target.name) as bar:
                     for chunk in response.iter_bytes():
                         digest.update(chunk)
                         out.write(chunk)
+                        bar.update(len(chunk))
             actual = digest.hexdigest()
-            # The best may move on between the listing and the download: trust the
-            # server's checksum of what it sent, and require the listing to agree when the
-            # checkpoint was named by epoch.
-            expected = served or chosen["sha256"]
-            if actual != expected or (epoch is not None and actual != chosen["sha256"]):
-                raise ChecksumMismatch(expected, actual)
+            expected = served or known
+            if actual != expected or (require and actual != known):
+                raise ChecksumMismatch(expected if actual != expected else known, actual)
             partial.replace(target)
         except httpx.TransportError as exc:
             raise DescentError(0, f"download from {self.url} failed: {exc}") from exc
         finally:
             partial.unlink(missing_ok=True)
+        return actual
+
+    def download(
+        self,
+        job_id: str,
+        path: str | Path,
+        *,
+        epoch: int | None = None,
+        progress: bool = False,
+    ) -> Checkpoint:
+        """Save the best checkpoint (or the one of ``epoch``) to ``path``, checking its sha256
+        against the checkpoint's listing and the response's ETag. Returns the checkpoint.
+        ``progress`` draws a bar on stderr."""
+        chosen = self._checkpoint(job_id, epoch)
+        if epoch is None:
+            url = f"/v1/jobs/{job_id}/checkpoints/best"
+        else:
+            url = f"/v1/checkpoints/{chosen['id']}"
+        # The best may move on between the listing and the download: trust the server's
+        # checksum of what it sent, and require the listing to agree when the checkpoint was
+        # named by epoch.
+        actual = self._save(
+            url, path, known=chosen["sha256"], require=epoch is not None, progress=progress
+        )
         if epoch is None and actual != chosen["sha256"]:
             chosen = next((c for c in self.checkpoints(job_id) if c["sha256"] == actual), chosen)
         return chosen
+
+    # -- exports ----------------------------------------------------------------------------
+
+    def create_export(self, checkpoint_id: str, format: str) -> Export:
+        """Ask for an export of a checkpoint (``onnx`` or ``torchscript``); it runs on a
+        worker. Returns the queued export."""
+        export: Export = self._request(
+            "POST", f"/v1/checkpoints/{checkpoint_id}/exports", json={"format": format}
+        ).json()
+        return export
+
+    def export_status(self, export_id: str) -> Export:
+        export: Export = self._request("GET", f"/v1/exports/{export_id}").json()
+        return export
+
+    def exports(self, checkpoint_id: str) -> list[Export]:
+        """The checkpoint's exports, oldest first."""
+        page = self._request("GET", f"/v1/checkpoints/{checkpoint_id}/exports").json()
+        items: list[Export] = page["items"]
+        return items
+
+    def wait_export(
+        self, export_id: str, interval: float = 1.0, timeout: float | None = None
+    ) -> Export:
+        """Poll the export until it has succeeded or failed (or ``timeout`` seconds pass:
+        DescentError 0); returns it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            export = self.export_status(export_id)
+            if export["status"] in ("succeeded", "failed"):
+                return export
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DescentError(0, f"export {export_id} still {export['status']}")
+            time.sleep(interval)
+
+    def download_export(self, export: Export, path: str | Path, *, progress: bool = False) -> str:
+        """Save a succeeded export's file to ``path``; its sha256 must match the export's.
+        Returns the sha256."""
+        if export["status"] != "succeeded" or not export["sha256"]:
+            raise DescentError(409, f"export {export['id']} is {export['status']}, no file")
+        return self._save(
+            f"/v1/exports/{export['id']}/file",
+            path,
+            known=export["sha256"],
+            require=True,
+            progress=progress,
+        )
+
+    def export(
+        self,
+        job_id: str,
+        path: str | Path,
+        *,
+        format: str = "onnx",
+        epoch: int | None = None,
+        interval: float = 1.0,
+        timeout: float | None = None,
+        progress: bool = False,
+    ) -> Export:
+        """Export the job's best checkpoint (or the one of ``epoch``) to ``format``, wait for
+        the worker to make and check it, and save it to ``path``, sha256 verified. A failed
+        export (a model that cannot be exported, a parity check above its tolerance)
+        raises DescentError with the reason. Returns the export (its ``parity`` included)."""
+        checkpoint = self._checkpoint(job_id, epoch)
+        export = self.wait_export(
+            self.create_export(checkpoint["id"], format)["id"], interval, timeout
+        )
+        if export["status"] == "failed":
+            raise DescentError(0, f"export {export['id']} failed: {export['error']}")
+        self.download_export(export, path, progress=progress)
+        return export
 
     # -- uploads ----------------------------------------------------------------------------
 
@@ -403,22 +443,20 @@ class DescentClient:
 
     # -- studies ----------------------------------------------------------------------------
 
-    def submit_study(self, study: str | Path | dict[str, Any]) -> dict[str, Any]:
+    def submit_study(self, study: str | Path | dict[str, Any]) -> Study:
         """Start a study (a dict, a YAML/JSON file path, or YAML/JSON text): ``base``,
         ``space``, ``algorithm``, ``max_trials``, ``parallelism``, ``pruner``..."""
-        answer: dict[str, Any] = self._request(
-            "POST", "/v1/studies", json=load_spec(study)
-        ).json()
+        answer: Study = self._request("POST", "/v1/studies", json=load_spec(study)).json()
         return answer
 
-    def study(self, study_id: str) -> dict[str, Any]:
+    def study(self, study_id: str) -> Study:
         """The study: status, ``trials`` by status, ``best`` trial, ``epochs`` saved."""
-        answer: dict[str, Any] = self._request("GET", f"/v1/studies/{study_id}").json()
+        answer: Study = self._request("GET", f"/v1/studies/{study_id}").json()
         return answer
 
-    def studies(self, limit: int | None = None) -> list[dict[str, Any]]:
+    def studies(self, limit: int | None = None) -> list[Study]:
         """Studies, newest first, following the cursor (at most ``limit`` of them)."""
-        out: list[dict[str, Any]] = []
+        out: list[Study] = []
         cursor: str | None = None
         while True:
             params: dict[str, Any] = {"limit": min(200, limit - len(out)) if limit else 200}
@@ -430,13 +468,11 @@ class DescentClient:
             if cursor is None or (limit is not None and len(out) >= limit):
                 return out
 
-    def trials(
-        self, study_id: str, sort: str = "number", status: str | None = None
-    ) -> list[dict[str, Any]]:
+    def trials(self, study_id: str, sort: str = "number", status: str | None = None) -> list[Trial]:
         """Every trial of the study: ``sort`` is number, -number, objective (best first)
         or -objective; ``status`` one of queued, running, succeeded, pruned, failed,
         cancelled."""
-        out: list[dict[str, Any]] = []
+        out: list[Trial] = []
         cursor: str | None = None
         while True:
             params: dict[str, Any] = {"sort": sort, "limit": 1000}
@@ -450,24 +486,23 @@ class DescentClient:
             if cursor is None:
                 return out
 
-    def cancel_study(self, study_id: str) -> dict[str, Any]:
+    def cancel_study(self, study_id: str) -> Study:
         """Make no more trials; cancel the queued ones and stop the running ones."""
-        answer: dict[str, Any] = self._request("POST", f"/v1/studies/{study_id}/cancel").json()
+        answer: Study = self._request("POST", f"/v1/studies/{study_id}/cancel").json()
         return answer
 
     def importance(self, study_id: str) -> dict[str, float]:
         """{parameter: importance} (fANOVA; summing to 1, most important first). Raises
         DescentError 409 until enough trials have ended."""
-        answer = self._request("GET", f"/v1/studies/{study_id}/importance").json()
-        params: dict[str, float] = answer["params"]
-        return params
+        answer: Importance = self._request("GET", f"/v1/studies/{study_id}/importance").json()
+        return answer["params"]
 
     def wait_study(
         self,
         study_id: str,
-        on_update: Callable[[dict[str, Any]], None] | None = None,
+        on_update: Callable[[Study], None] | None = None,
         interval: float = 1.0,
-    ) -> dict[str, Any]:
+    ) -> Study:
         """Poll the study until it is no longer running, calling ``on_update`` with it
         whenever its trials or best change (and once at the start); returns it."""
         seen: Any = None
@@ -567,6 +602,27 @@ def parse_events(lines: Iterator[str]) -> Iterator[Event]:
             name = value
         elif field == "data":
             data.append(value)
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        pass
+
+
+def _bar(show: bool, total: int | None, name: str) -> Any:
+    """A byte progress bar on stderr (tqdm), or one that draws nothing."""
+    if not show:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
+                leave=False)  # fmt: skip
 
 
 def _raise_for_status(response: httpx.Response) -> None:

@@ -7,13 +7,14 @@
     descent metrics ID [--csv]                 its per-epoch metrics, as a table or CSV
     descent cancel ID                          stop it
     descent download ID [--best | --epoch N] -o FILE   save a checkpoint, sha256 verified
+    descent export ID --format onnx|torchscript [--epoch N] -o FILE   export, wait, save it
     descent datasets [upload FILE [--target COL] [--name N] | delete ID]   your datasets
     descent weights [upload FILE --arch A [--name N] | delete ID]          your backbone weights
-    descent study submit|list|show|trials|cancel   hyperparameter searches (descent/studies.py)
+    descent study submit|list|show|trials|cancel   hyperparameter searches (studies.py)
 
 The server is ``--url`` or ``DESCENT_URL`` (default http://127.0.0.1:8000); the token is
 ``--token``, or ``DESCENT_TOKEN``, or the ``token`` file of the local data folder that
-``descent serve`` writes. They use ``descent.client`` and never import torch.
+``descent serve`` writes. They use ``descent_client.client``: httpx, PyYAML and tqdm, no torch.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
-if TYPE_CHECKING:  # httpx is imported only by the commands that talk to the service
-    from descent.client import DescentClient, Epoch, Job, Upload
+from descent_client.models import TERMINAL
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+if TYPE_CHECKING:  # httpx is imported only by the commands that talk to the service
+    from descent_client.client import DescentClient
+    from descent_client.models import Epoch, Job, Upload
 
 # Columns shown first, in this order; any other metric follows by name.
 FIRST_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr")
@@ -38,7 +40,7 @@ BAR_WIDTH = 24
 
 
 def _client(args: argparse.Namespace) -> DescentClient:
-    from descent.client import DescentClient
+    from descent_client.client import DescentClient
 
     return DescentClient(args.url, args.token)
 
@@ -243,7 +245,7 @@ def follow(client: DescentClient, job: Job, out: TextIO) -> Job:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from descent.client import DescentError
+    from descent_client.client import DescentError
 
     with _client(args) as client:
         try:
@@ -349,11 +351,32 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        checkpoint = client.download(args.job_id, args.output, epoch=args.epoch)
+        checkpoint = client.download(
+            args.job_id, args.output, epoch=args.epoch, progress=sys.stderr.isatty()
+        )
     which = "best checkpoint" if args.epoch is None else "checkpoint"
     print(
         f"saved the {which} of epoch {checkpoint['epoch']} to {args.output} "
         f"({checkpoint['bytes']} bytes, sha256 {checkpoint['sha256']} verified)"
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        export = client.export(
+            args.job_id,
+            args.output,
+            format=args.format,
+            epoch=args.epoch,
+            interval=args.interval,
+            progress=sys.stderr.isatty(),
+        )
+    parity = export["parity"] or {}
+    print(
+        f"saved the {export['format']} export {export['id']} of job {export['job_id']} to "
+        f"{args.output} ({export['bytes']} bytes, sha256 {export['sha256']} verified; parity "
+        f"max |diff| {_fmt(parity.get('max_abs_diff'))} on {parity.get('samples')} samples)"
     )
     return 0
 
@@ -388,7 +411,7 @@ def _upload_info(upload: Upload) -> str:
 
 def cmd_uploads(args: argparse.Namespace) -> int:
     """``descent datasets`` and ``descent weights``: list, upload or delete."""
-    from descent.client import DescentError
+    from descent_client.client import DescentError
 
     kind = args.kind  # "dataset" or "weights"
     with _client(args) as client:
@@ -436,7 +459,7 @@ def _guard(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
     """API errors as one line on stderr and exit status 1, never a traceback."""
 
     def run(args: argparse.Namespace) -> int:
-        from descent.client import DescentError, describe_detail
+        from descent_client.client import DescentError, describe_detail
 
         try:
             return command(args)
@@ -519,6 +542,19 @@ def add_client_commands(sub: Any) -> None:
     p.add_argument("-o", "--output", required=True, help="the file to write")
     p.set_defaults(func=_guard(cmd_download))
 
+    p = sub.add_parser(
+        "export", parents=[common], help="export a checkpoint to ONNX or TorchScript",
+        description="Export the job's best checkpoint (or the one of --epoch) on a worker, "
+        "which checks the exported model's outputs against PyTorch's on the validation split; "
+        "wait for it, then save the file (sha256 verified). Exit status 1 if it failed.",
+    )  # fmt: skip
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--epoch", type=int, help="the checkpoint of this epoch (default: the best)")
+    p.add_argument("-o", "--output", required=True, help="the file to write")
+    p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=_guard(cmd_export))
+
     # The same options after a subcommand (`descent datasets upload F --url U`); SUPPRESS
     # keeps a value given before it (`descent datasets --url U upload F`).
     again = argparse.ArgumentParser(add_help=False)
@@ -557,6 +593,6 @@ def add_client_commands(sub: Any) -> None:
     q = actions.add_parser("delete", parents=[again], help="delete a weights file")
     q.add_argument("upload_id", metavar="ID")
 
-    from descent.studies import add_study_commands  # descent study ... (hyperparameter search)
+    from descent_client.studies import add_study_commands  # descent study ... (searches)
 
     add_study_commands(sub, common)

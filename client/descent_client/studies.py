@@ -1,10 +1,12 @@
-"""``descent study``: hyperparameter searches, over HTTP with ``descent.client``.
+"""``descent study``: hyperparameter searches, over HTTP with ``descent_client.client``.
 
-    descent study submit study.yaml [--follow]   start a study; follow it live (exit 0: completed)
+    descent study submit study.yaml [--follow]   start a study and follow it (exit 0: completed)
     descent study list                           your studies, newest first
     descent study show ID [--json]               status, best trial, epochs saved, importance
     descent study trials ID [--sort S] [--csv]   every trial: params, objective, status
     descent study cancel ID                      make no more trials, stop the running ones
+
+They reach the service as the job commands do (``--url``, ``--token``; commands.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from descent.commands import _client, _fmt, _guard, _table
+from descent_client.commands import _client, _fmt, _guard, _table
 
 
 def _value(value: Any) -> str:
@@ -84,7 +86,7 @@ def summary_lines(study: dict[str, Any], importance: dict[str, float] | None) ->
 
 
 def _importance(client: Any, study_id: str) -> dict[str, float] | None:
-    from descent.client import DescentError
+    from descent_client.client import DescentError
 
     try:
         found: dict[str, float] = client.importance(study_id)
@@ -102,7 +104,7 @@ def report(client: Any, study: dict[str, Any], out: TextIO) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from descent.client import DescentError
+    from descent_client.client import DescentError
 
     with _client(args) as client:
         try:

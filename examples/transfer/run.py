@@ -25,8 +25,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from descent.client import DescentClient, DescentError
-from descent.commands import report
+from descent_client.client import DescentClient, DescentError
+from descent_client.commands import report
 
 HERE = Path(__file__).resolve().parent
 

@@ -11,8 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
-from descent.client import DescentClient, default_token, describe_detail, load_spec, parse_events
-from descent.commands import Progress, diagnosis_lines, report, verdict
+from descent_client.client import (
+    DescentClient,
+    default_token,
+    describe_detail,
+    load_spec,
+    parse_events,
+)
+from descent_client.commands import Progress, diagnosis_lines, report, verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,7 +118,7 @@ def test_verdict_names_the_outcome() -> None:
 def test_client_and_commands_never_import_torch() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DESCENT_")}
     code = (
-        "import sys, descent.client, descent.commands, descent.cli\n"
+        "import sys, descent_client.client, descent_client.commands, descent.cli\n"
         "descent.cli.build_parser()\n"
         "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not loaded, loaded\n"

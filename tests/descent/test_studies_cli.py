@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from descent.cli import main
-from descent.studies import progress_line, summary_lines, trial_rows
+from descent_client.studies import progress_line, summary_lines, trial_rows
 
 STUDY: dict[str, Any] = {
     "id": "s1",

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from descent.client import DescentClient
+from descent_client.client import DescentClient
 from tests.conftest import unavailable
 from tests.e2e.chromium import Browser, find_chromium
 from tests.e2e.service import ROOT, TERMINAL, Service

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from descent.client import DescentClient, DescentError
+from descent_client.client import DescentClient, DescentError
 from tests.e2e.service import Service, running, start_embedded
 from tests.e2e.test_clients import cli, token_of
 from tests.e2e.test_worker_restart import training_pid, worker_pid
