@@ -127,3 +127,44 @@ def test_the_clients_descent_submits_follows_and_downloads_a_verified_checkpoint
     run = venv.run(service, "python", "-c", code, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == ["succeeded", [1, 2, 3]]
+
+
+def test_descent_export_waits_for_the_export_and_saves_a_verified_onnx_model(
+    client_venv: ClientVenv, embedded_service: Service, tmp_path: Path
+) -> None:
+    import numpy as np
+    import onnxruntime
+
+    service = embedded_service
+    job = service.submit(
+        {
+            "name": "export-me",
+            "dataset": {"name": "digits", "val_fraction": 0.2, "seed": 0},
+            "model": {"arch": "mlp", "hidden": [16]},
+            "training": {"epochs": 2, "batch_size": 64, "seed": 0},
+        }
+    )
+    service.wait(job["id"])
+    out = tmp_path / "model.onnx"
+    run = client_venv.run(
+        service, "descent", "export", job["id"], "--format", "onnx", "-o", str(out),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    best = service.job(job["id"])["best"]["checkpoint_id"]
+    [export] = service.http.get(f"/v1/checkpoints/{best}/exports").json()["items"]
+    assert export["status"] == "succeeded" and export["format"] == "onnx"
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == export["sha256"]
+    assert export["sha256"] in run.stdout and export["id"] in run.stdout
+    assert export["parity"]["max_abs_diff"] <= export["parity"]["tolerance"] == 1e-4
+    session = onnxruntime.InferenceSession(str(out))
+    logits = session.run(None, {"input": np.zeros((3, 64), dtype=np.float32)})[0]
+    assert logits.shape == (3, 10)  # digits: 64 features in, 10 classes out
+
+    missing = tmp_path / "none.onnx"
+    run = client_venv.run(
+        service, "descent", "export", job["id"], "--epoch", "99", "-o", str(missing),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 1 and "no checkpoint of epoch 99" in run.stderr
+    assert not missing.exists()
