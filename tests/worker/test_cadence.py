@@ -2,11 +2,7 @@
 checkpoint, that every epoch's metrics are still visible, and that a crash between two
 checkpoints redoes only the epochs since the last one, replacing their metrics."""
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,22 +13,25 @@ from core.spec import CheckpointSpec, JobSpec
 from core.train import Trainer
 from descent.settings import Settings
 from store.db import session_scope
-from store.models import Checkpoint, Job, Metric
-from tests.conftest import migrated
-from tests.worker.test_reliability import assert_same_run, files_match_rows, job_row
+from store.models import Checkpoint, Metric
+from tests.worker import builders
+from tests.worker.builders import (
+    assert_same_run,
+    expire_lease,
+    files_match_rows,
+    job_row,
+    run_victim,
+)
 from tests.worker.test_runner import make_job
 from worker.runner import run_job
 from worker.writer import Cadence
 
-ROOT = Path(__file__).resolve().parents[2]
-
-# Monitored on val_accuracy, which stops improving after epoch 5: the bests are epochs 1-5.
+# The reliability tests' job, longer and faster, monitored on val_accuracy, which stops
+# improving after epoch 5: the bests are epochs 1-5.
 SPEC: dict[str, Any] = {
-    "dataset": {"name": "iris", "seed": 0},
-    "model": {"arch": "mlp", "hidden": [16], "dropout": 0.2},
+    **builders.SPEC,
     "optimizer": {"name": "adam", "lr": 0.05},
-    "schedule": {"name": "inverse_time", "decay": 0.05},
-    "training": {"epochs": 12, "batch_size": 16, "seed": 3, "device": "cpu"},
+    "training": {**builders.SPEC["training"], "epochs": 12},
     "early_stopping": {"monitor": "val_accuracy", "patience": 100},
     "checkpoints": {"keep_top_k": 50, "every_epochs": 4},
 }
@@ -142,29 +141,14 @@ runner.run_job(sys.argv[1], worker="victim/1")
 """
 
 
-@pytest.fixture
-def fast_lease(configure: Callable[..., Settings], tmp_path: Path) -> Settings:
-    return migrated(
-        configure(
-            DESCENT_DATA_DIR=str(tmp_path / "data"),
-            DESCENT_LEASE_TIMEOUT_SECONDS="0.5",
-            DESCENT_HEARTBEAT_SECONDS="0.1",
-        )
-    )
-
-
 def test_a_crash_redoes_only_the_epochs_since_the_last_checkpoint(
     fast_lease: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     job_id = make_job(SPEC)
-    victim = subprocess.run(
-        [sys.executable, "-c", VICTIM, job_id], cwd=ROOT, env=dict(os.environ), timeout=120
-    )
-    assert victim.returncode == -9
+    assert run_victim(VICTIM, job_id) == -9
     assert job_row(job_id).epoch == 11 and sorted(metric_rows(job_id)) == list(range(1, 12))
     assert checkpoint_epochs(job_id) == {1, 2, 3, 4, 5, 8}
-    with session_scope() as session:  # the job's lease runs out (the victim's heartbeat stopped)
-        session.get_one(Job, job_id).heartbeat_at = None
+    expire_lease(job_id)  # the victim's heartbeat stopped
     with caplog.at_level("INFO", logger="worker.runner"):
         assert run_job(job_id, worker="rescuer/2") == "succeeded"
     assert "resumes after epoch 8" in caplog.text  # epochs 9-12 redone, no more

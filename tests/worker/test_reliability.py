@@ -6,7 +6,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,99 +19,32 @@ from core.train import Trainer
 from descent.settings import Settings
 from store.artifacts import get_artifacts
 from store.db import get_sessionmaker, session_scope
-from store.models import Checkpoint, Job, JobStatus, Metric, utcnow
+from store.models import Checkpoint, Job, JobStatus, utcnow
 from store.users import create_user, set_limits
 from tests.conftest import migrated
 from tests.timing import scaled, wait_for
+from tests.worker.builders import (
+    SPEC,
+    assert_same_run,
+    dies_writing,
+    expire_lease,
+    files_match_rows,
+    job_row,
+    run_victim,
+    stored_metrics,
+    take_lease,
+)
 from tests.worker.test_runner import make_job
 from worker import runner
-from worker.runner import RetryableFailure, claim, run_job
+from worker.runner import RetryableFailure, run_job
 from worker.sweeper import sweep
-
-ROOT = Path(__file__).resolve().parents[2]
-
-# Dropout and shuffling: a resumed run only matches if every RNG state comes back.
-SPEC: dict[str, Any] = {
-    "dataset": {"name": "iris", "seed": 0},
-    "model": {"arch": "mlp", "hidden": [16], "dropout": 0.2},
-    "optimizer": {"name": "adam", "lr": 0.01},
-    "schedule": {"name": "inverse_time", "decay": 0.05},
-    "training": {"epochs": 6, "batch_size": 16, "seed": 3, "device": "cpu"},
-    "checkpoints": {"keep_top_k": 1},
-}
-
-
-def job_row(job_id: str) -> Job:
-    with session_scope() as session:
-        return session.get_one(Job, job_id)
-
-
-def stored_metrics(job_id: str) -> dict[int, dict[str, float]]:
-    with session_scope() as session:
-        rows = session.execute(
-            select(Metric.epoch, Metric.name, Metric.value).where(Metric.job_id == job_id)
-        ).all()
-    out: dict[int, dict[str, float]] = {}
-    for epoch, name, value in rows:
-        out.setdefault(epoch, {})[name] = value
-    return out
-
-
-def reference_metrics(spec: dict[str, Any]) -> dict[int, dict[str, float]]:
-    """An uninterrupted run of the same spec, in process, with the core alone."""
-    result = Trainer(JobSpec.model_validate(spec)).setup().train()
-    return {record.epoch: dict(record.metrics) for record in result.history}
-
-
-def assert_same_run(job_id: str, spec: dict[str, Any], tolerance: float = 1e-6) -> float:
-    """The job's per-epoch metrics equal an uninterrupted run's; returns the largest gap."""
-    got, want = stored_metrics(job_id), reference_metrics(spec)
-    assert sorted(got) == sorted(want)
-    worst = 0.0
-    for epoch, metrics in want.items():
-        for name, value in metrics.items():
-            if name == "epoch_seconds":
-                continue
-            gap = abs(got[epoch][name] - value)
-            worst = max(worst, gap)
-            assert gap <= tolerance, (epoch, name, got[epoch][name], value)
-    return worst
-
-
-def expire_lease(job_id: str) -> None:
-    """The holder's last heartbeat an hour ago: its lease has timed out (without waiting)."""
-    with session_scope() as session:
-        session.execute(
-            update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(hours=1))
-        )
-
-
-def files_match_rows(job_id: str) -> bool:
-    artifacts = get_artifacts()
-    with session_scope() as session:
-        rows = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)))
-    named = {artifacts.path(p).name for r in rows for p in (r.weights_path, r.state_path)}
-    return {p.name for p in artifacts.job_dir(job_id).iterdir()} == named
-
-
-@pytest.fixture
-def fast_lease(configure: Callable[..., Settings], tmp_path: Path) -> Settings:
-    """SQLite, with a lease that times out in half a second."""
-    return migrated(
-        configure(
-            DESCENT_DATA_DIR=str(tmp_path / "data"),
-            DESCENT_LEASE_TIMEOUT_SECONDS="0.5",
-            DESCENT_HEARTBEAT_SECONDS="0.1",
-        )
-    )
-
 
 # ------------------------------------------------------------------ one execution
 
 
 def test_a_second_delivery_while_the_lease_is_live_does_nothing(db_env: Settings) -> None:
     job_id = make_job(SPEC)
-    assert claim(job_id, "node-a/1") is not None  # the first delivery runs it...
+    assert take_lease(job_id, "node-a/1").attempt == 1  # the first delivery runs it...
     assert run_job(job_id, worker="node-b/2") == "skipped"  # ...the second does nothing
     job = job_row(job_id)
     assert job.status == "running" and job.attempt == 1 and job.worker == "node-a/1"
@@ -142,7 +74,7 @@ def test_a_lease_of_a_dead_process_on_this_node_is_taken_at_once(sqlite_env: Set
     job_id = make_job(SPEC)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    assert claim(job_id, f"node/{dead.pid}") is not None  # its heartbeat is fresh
+    assert take_lease(job_id, f"node/{dead.pid}").attempt == 1  # its heartbeat is fresh
     assert run_job(job_id, worker=f"node/{os.getpid()}") == "succeeded"
     assert job_row(job_id).attempt == 2
 
@@ -173,7 +105,7 @@ def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(
     migrated(configure(DESCENT_DATA_DIR=str(tmp_path / "d"), DESCENT_LEASE_TIMEOUT_SECONDS="0.2"))
     job_id = make_job(SPEC)
     for attempt in (1, 2, 3):  # each "worker" claims it, then dies without a word
-        assert claim(job_id, f"doomed/{attempt}") is not None
+        assert take_lease(job_id, f"doomed/{attempt}").attempt == attempt
         expire_lease(job_id)
     assert run_job(job_id, worker="w/4") == "skipped"
     job = job_row(job_id)
@@ -193,7 +125,7 @@ def test_lost_workers_can_be_configured_not_to_be_retried(
         )
     )
     job_id = make_job(SPEC)
-    assert claim(job_id, "doomed/1") is not None
+    assert take_lease(job_id, "doomed/1").attempt == 1
     expire_lease(job_id)
     assert run_job(job_id, worker="w/2") == "skipped"
     job = job_row(job_id)
@@ -331,7 +263,7 @@ def test_a_preempted_job_the_broker_cannot_take_is_left_for_the_sweeper(
     from worker.tasks import hand_back
 
     job_id = make_job(SPEC)
-    assert claim(job_id, "w/1") is not None
+    assert take_lease(job_id, "w/1").attempt == 1
 
     class DownBroker:
         def send_task(self, *args: Any, **kwargs: Any) -> None:
@@ -449,31 +381,13 @@ def test_a_failed_send_leaves_the_job_for_the_next_sweep(fast_lease: Settings) -
 
 # ------------------------------------------------------------------ kill during a write
 
-VICTIM = """
-import os, signal, sys
-real_fsync = os.fsync
-
-def fsync(fd):
-    # Die as SIGKILL kills: in the middle of writing epoch 3's resume state, before the
-    # temp file is renamed into place.
-    if ".epoch-00003-1.state.pt." in os.readlink(f"/proc/self/fd/{fd}"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    real_fsync(fd)
-
-os.fsync = fsync
-from worker.runner import run_job
-run_job(sys.argv[1], worker="victim/1")
-"""
-
 
 def test_a_kill_during_a_checkpoint_write_loses_nothing(
     fast_lease: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     job_id = make_job(SPEC)
-    victim = subprocess.run(
-        [sys.executable, "-c", VICTIM, job_id], cwd=ROOT, env=dict(os.environ), timeout=120
-    )
-    assert victim.returncode == -9  # killed, not finished
+    # Killed in the middle of writing epoch 3's resume state.
+    assert run_victim(dies_writing("epoch-00003-1.state.pt"), job_id) == -9  # not finished
     job = job_row(job_id)
     # Epoch 3's metrics commit before its checkpoint is written (off the training thread),
     # and epoch 4's may too while that write is in flight: both are redone and replaced.

@@ -3,11 +3,7 @@ checkpoint is written and stored, one write at most is in flight, a failed write
 run (retried from the last durable checkpoint), and a kill in the middle of writing a best
 checkpoint loses neither the best checkpoint nor the run's outcome."""
 
-import os
-import subprocess
-import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +17,19 @@ from descent.settings import Settings
 from store.artifacts import LocalArtifacts, get_artifacts, sha256_matches
 from store.db import session_scope
 from store.models import Checkpoint, Job
-from tests.conftest import migrated
 from tests.timing import scaled, wait_for
-from tests.worker.test_reliability import SPEC, assert_same_run, files_match_rows, job_row
+from tests.worker.builders import (
+    SPEC,
+    assert_same_run,
+    dies_writing,
+    expire_lease,
+    files_match_rows,
+    job_row,
+    run_victim,
+)
 from tests.worker.test_runner import make_job
 from worker import runner, writer
 from worker.runner import RetryableFailure, run_job
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class SlowStore(LocalArtifacts):
@@ -117,33 +118,6 @@ def test_a_failed_upload_is_retried_from_the_last_durable_checkpoint(
 
 # ------------------------------------------------------------------ a kill during a best's write
 
-VICTIM = """
-import os, signal, sys
-real_fsync = os.fsync
-
-def fsync(fd):
-    # Die as SIGKILL kills: in the middle of writing epoch 4's weights (a new best), before
-    # the temp file is renamed into place, on the writer thread.
-    if ".epoch-00004-1.safetensors." in os.readlink(f"/proc/self/fd/{fd}"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    real_fsync(fd)
-
-os.fsync = fsync
-from worker.runner import run_job
-run_job(sys.argv[1], worker="victim/1")
-"""
-
-
-@pytest.fixture
-def fast_lease(configure: Callable[..., Settings], tmp_path: Path) -> Settings:
-    return migrated(
-        configure(
-            DESCENT_DATA_DIR=str(tmp_path / "data"),
-            DESCENT_LEASE_TIMEOUT_SECONDS="0.5",
-            DESCENT_HEARTBEAT_SECONDS="0.1",
-        )
-    )
-
 
 def best_checkpoint(job_id: str) -> Checkpoint:
     with session_scope() as session:
@@ -154,10 +128,8 @@ def best_checkpoint(job_id: str) -> Checkpoint:
 def test_a_kill_while_a_best_checkpoint_is_written_keeps_the_best(fast_lease: Settings) -> None:
     spec = {**SPEC, "checkpoints": {"keep_top_k": 1}}
     job_id, reference = make_job(spec), make_job(spec)
-    victim = subprocess.run(
-        [sys.executable, "-c", VICTIM, job_id], cwd=ROOT, env=dict(os.environ), timeout=120
-    )
-    assert victim.returncode == -9
+    # Killed in the middle of writing epoch 4's weights (a new best), on the writer thread.
+    assert run_victim(dies_writing("epoch-00004-1.safetensors"), job_id) == -9
     job = job_row(job_id)
     assert job.status == "running" and job.epoch >= 4 and job.best_epoch >= 4
     # The best checkpoint is still the last durable one (epoch 3), whole: it loads and its
@@ -171,18 +143,16 @@ def test_a_kill_while_a_best_checkpoint_is_written_keeps_the_best(fast_lease: Se
     leftovers = [p.name for p in artifacts.job_dir(job_id).iterdir()]
     assert any(n.startswith(".epoch-00004-1.safetensors.") for n in leftovers), leftovers
 
-    with session_scope() as session:  # the victim's lease runs out
-        session.get_one(Job, job_id).heartbeat_at = None
+    expire_lease(job_id)  # the victim's lease runs out
     assert run_job(job_id, worker="rescuer/2") == "succeeded"
     assert run_job(reference, worker="w/3") == "succeeded"
-    # The resumed job's best checkpoint is byte for byte an uninterrupted run's.
     # The resumed job's best checkpoint holds an uninterrupted run's weights, bit for bit
     # (not its bytes: safetensors writes the metadata in no fixed order).
     mine, theirs = (artifacts.path(best_checkpoint(j).weights_path) for j in (job_id, reference))
     assert read_metadata(mine) == read_metadata(theirs)
-    expected = safetensors.torch.load_file(str(theirs))
-    for name, tensor in safetensors.torch.load_file(str(mine)).items():
-        assert torch.equal(tensor, expected[name]), name
+    got, expected = (safetensors.torch.load_file(str(path)) for path in (mine, theirs))
+    assert expected and got.keys() == expected.keys()
+    assert all(torch.equal(got[name], expected[name]) for name in expected)
     assert best_checkpoint(job_id).epoch == job_row(reference).best_epoch
     assert files_match_rows(job_id)
     assert_same_run(job_id, spec)
