@@ -188,9 +188,9 @@ def propose(study: Study, records: list[TrialRecord], number: int) -> dict[str, 
     spec = study.spec
     params = search.parse(spec["space"])
     if spec["algorithm"] == "grid":
-        for index, point in enumerate(search.grid(params)):
+        for index, grid_point in enumerate(search.grid(params)):
             if index == number:
-                return point
+                return grid_point
         return None
     seed = trial_seed(spec["seed"], number)
     sampler: optuna.samplers.BaseSampler
