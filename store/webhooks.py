@@ -114,7 +114,11 @@ def refused_url(url: str, *, allow_private: bool, resolve: bool = True) -> str |
     resolves to may be loopback, private, link-local, reserved, multicast or unspecified
     (server-side request forgery: a job must not make the service call its own network).
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:  # a bracketed host that is no IPv6 address, a port over 65535
+        return f"is not a valid URL ({exc})"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "must be an http:// or https:// URL with a host"
     if parts.username or parts.password:
@@ -128,7 +132,6 @@ def refused_url(url: str, *, allow_private: bool, resolve: bool = True) -> str |
         if not resolve:
             return None
         try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
             infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
         except (OSError, ValueError) as exc:
             return f"its host {host!r} does not resolve ({exc.__class__.__name__})"

@@ -46,6 +46,8 @@ def test_a_study_base_with_a_private_notify_url_is_422(sqlite_client: TestClient
     "notify, loc",
     [
         ({"url": "ftp://example.org/hook"}, ["body", "notify", "url"]),
+        ({"url": "http://[abc/hook"}, ["body", "notify", "url"]),  # no IPv6 address
+        ({"url": "https://example.org:99999/hook"}, ["body", "notify", "url"]),
         ({"url": "https://example.org/hook", "events": ["done"]}, ["body", "notify", "events", 0]),
         ({"url": "https://example.org/hook", "events": []}, ["body", "notify", "events"]),
     ],
@@ -166,6 +168,7 @@ def test_a_users_default_notify_is_set_read_cleared_and_used_at_submit(
         ({"url": "http://169.254.169.254/latest"}, ["body", "url"], "loopback, private"),
         ({"url": "http://10.0.0.1/hook"}, ["body", "url"], "webhook_allow_private"),
         ({"url": "ftp://example.org/hook"}, ["body", "url"], "should match pattern"),
+        ({"url": "http://[abc/hook"}, ["body", "url"], "not a valid URL (Invalid IPv6 URL)"),
         ({"url": "https://example.org/h", "events": ["done"]}, ["body", "events", 0], "Input"),
     ],
 )
