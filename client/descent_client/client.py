@@ -48,6 +48,12 @@ if TYPE_CHECKING:
     import pandas
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# An event stream cut before the job's final status is opened again: after 0.5 s, doubling up
+# to 10 s, and given up after 10 reconnects in a row that brought nothing (about a minute).
+RECONNECTS = 10
+RECONNECT_BACKOFF = (0.5, 10.0)
+# Answers of a proxy or a restarting API that a reconnect may outlast.
+RETRIED_STATUSES = frozenset({502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -524,21 +530,27 @@ class DescentClient:
         last_event_id: str | None = None,
         *,
         after: int | None = None,
-        reconnect_delay: float = 1.0,
-        max_reconnects: int = 30,
+        max_reconnects: int = RECONNECTS,
+        backoff: tuple[float, float] = RECONNECT_BACKOFF,
     ) -> Iterator[Event]:
-        """The job's events until its final status. A dropped connection is resumed with
-        ``Last-Event-ID``, so no epoch is lost or repeated."""
+        """The job's events until its final status.
+
+        A stream that ends before the final status event (a proxy's timeout, an API
+        restart, a dropped connection: they read like a normal end) is opened again with
+        ``Last-Event-ID``, so no epoch is lost or repeated. Reconnects wait ``backoff[0]``
+        seconds, doubling up to ``backoff[1]``; after ``max_reconnects`` in a row that
+        brought nothing (no event, no heartbeat) it raises DescentError 0."""
         last_id = last_event_id
-        failures = 0
+        attempts = 0  # connections in a row that brought nothing
         while True:
-            headers = {"Accept": "text/event-stream"}
-            params: dict[str, Any] = {}
-            if last_id:
-                headers["Last-Event-ID"] = last_id
-            elif after is not None:
-                params["after"] = after
+            heard = False
             try:
+                headers = {"Accept": "text/event-stream"}
+                params: dict[str, Any] = {}
+                if last_id:
+                    headers["Last-Event-ID"] = last_id
+                elif after is not None:
+                    params["after"] = after
                 with self.http.stream(
                     "GET",
                     f"/v1/jobs/{job_id}/events",
@@ -546,22 +558,31 @@ class DescentClient:
                     params=params,
                     timeout=httpx.Timeout(self.http.timeout.connect, read=60.0),
                 ) as response:
-                    if response.status_code == 204:
+                    if response.status_code == 204:  # ended, and we have all of it
                         return
-                    if response.is_error:
+                    if response.is_error and response.status_code not in RETRIED_STATUSES:
                         response.read()
                         _raise_for_status(response)
-                    for event in parse_events(response.iter_lines()):
-                        failures = 0
-                        last_id = event.id or last_id
-                        yield event
-                        if event.event == "status" and event.data.get("status") in TERMINAL:
-                            return
+                    reason = f"answered {response.status_code}"
+                    if not response.is_error:
+                        reason = "the stream ended before the job's final status"
+                        for event in _read_events(response.iter_lines()):
+                            heard = True
+                            if event is None:
+                                continue
+                            last_id = event.id or last_id
+                            yield event
+                            if event.event == "status" and event.data.get("status") in TERMINAL:
+                                return
             except httpx.TransportError as exc:
-                failures += 1
-                if failures > max_reconnects:
-                    raise DescentError(0, f"lost the event stream of job {job_id}: {exc}") from exc
-            time.sleep(reconnect_delay)
+                reason = f"{type(exc).__name__}: {exc}"
+            attempts = 1 if heard else attempts + 1
+            if attempts > max_reconnects:
+                raise DescentError(
+                    0, f"lost the event stream of job {job_id} ({max_reconnects} reconnects "
+                    f"brought nothing): {reason}",
+                )  # fmt: skip
+            time.sleep(min(backoff[1], backoff[0] * 2 ** (attempts - 1)))
 
     def wait(
         self,
@@ -584,14 +605,24 @@ class DescentClient:
 
 def parse_events(lines: Iterator[str]) -> Iterator[Event]:
     """Server-sent events from a stream's lines (comments skipped)."""
+    for event in _read_events(lines):
+        if event is not None:
+            yield event
+
+
+def _read_events(lines: Iterator[str]) -> Iterator[Event | None]:
+    """For each line of a stream, the event it completes, or None."""
     event_id, name, data = "", "", []
     for raw in lines:
         line = raw.rstrip("\r")
         if not line:
+            event = None
             if data:
-                yield Event(event_id, name or "message", json.loads("\n".join(data)))
+                event = Event(event_id, name or "message", json.loads("\n".join(data)))
             name, data = "", []
+            yield event
             continue
+        yield None
         if line.startswith(":"):
             continue
         field, _, value = line.partition(":")
