@@ -8,19 +8,23 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from descent_client.client import DescentClient
 from tests.conftest import unavailable
 from tests.e2e.chromium import Browser, find_chromium
-from tests.e2e.service import ROOT, TERMINAL, Service
+from tests.e2e.service import ROOT, Service
 from tests.e2e.test_jobs import digits_mlp
 from tests.timing import scaled, wait_for
 
 ARTIFACTS = ROOT / "test-artifacts"
+# Prometheus samples by (name, sorted label pairs).
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def token_of(service: Service) -> str | None:
@@ -202,50 +206,100 @@ def test_event_stream_resumed_after_a_disconnect_loses_and_repeats_no_epoch(
     assert done.status_code == 204
 
 
+# What the job page shows: epochs drawn, points of the train_loss curve, the status badge,
+# and a mark the test leaves on the document (gone if the page were loaded again).
+JOB_PAGE = (
+    "(() => { const svg = document.getElementById('chart-loss');"
+    " const path = svg && svg.querySelector('path.series[data-name=train_loss]');"
+    " const badge = document.querySelector('#summary .badge');"
+    " return {epochs: svg ? Number(svg.dataset.epochs) : -1,"
+    " points: path ? (path.getAttribute('d').match(/[ML]/g) || []).length : 0,"
+    " status: badge ? badge.textContent : '', mark: window.testMark || null} })()"
+)
+
+
 def test_dashboard_draws_a_running_job_live_in_chromium(embedded_service: Service) -> None:
     binary = find_chromium()
     if binary is None:
         unavailable("chromium is not installed (apt-get install chromium)")
+    assert binary is not None
     service = embedded_service
-    # Small batches make each epoch long enough for the page to open while the job runs.
+    token = token_of(service)
+    assert token
+    # Long (small batches, no early stop): cancelled once the page has drawn it growing.
     spec = digits_mlp(
         name="dashboard-live",
-        training={"epochs": 30, "batch_size": 8},
-        early_stopping={"monitor": "val_loss", "patience": 5},
+        training={"epochs": 400, "batch_size": 8},
+        early_stopping={"monitor": "val_loss", "patience": 400},
     )
     spec["model"] = {"arch": "mlp", "hidden": [64, 64]}
     job = service.submit(spec)
-    service.wait(job["id"], until=lambda j: j["status"] != "queued")
-    token = token_of(service)
-    url = f"{service.url}/jobs/{job['id']}" + (f"#token={token}" if token else "")
-    shown: list[tuple[int, str]] = []
+    service.wait(job["id"], until=lambda j: j["status"] != "queued", what="to start")
+    page_url = f"{service.url}/jobs/{job['id']}"
+    shown: list[dict[str, Any]] = []
+
+    def showing(check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """What the page shows now if ``check`` holds of it, else nothing ({})."""
+        state = browser.evaluate(JOB_PAGE)
+        if not state:
+            return {}
+        shown.append(state)
+        return state if check(state) else {}
+
+    def last_shown() -> str:
+        return f"last shown: {shown[-3:]}\n{service.tail()}"
+
     browser = Browser(binary)
     try:
-        browser.open(url)
+        browser.open(f"{page_url}#token={token}")
+        first = wait_for(
+            "the page to draw the running job's first epochs",
+            lambda: showing(lambda s: s["status"] == "running" and s["epochs"] >= 1),
+            60, interval=0.1, detail=last_shown,
+        )  # fmt: skip
+        browser.evaluate("window.testMark = 'first load'")
+        # The token was read into the tab's storage and taken out of the address bar.
+        address = browser.evaluate("location.href")
+        assert address == page_url and token not in address
+        assert browser.evaluate("sessionStorage.getItem('descent.token')") == token
 
-        def showing_the_end() -> bool:
-            state = browser.evaluate(
-                "(() => { const svg = document.getElementById('chart-loss');"
-                " const badge = document.querySelector('#summary .badge');"
-                " return [svg ? Number(svg.dataset.epochs) : -1,"
-                " badge ? badge.textContent : ''] })()"
-            )
-            shown.append((state[0], state[1]))
-            return state[1] in TERMINAL and state[0] == service.job(job["id"])["epoch"]
+        # Live: later epochs are drawn as they arrive, on the same document, while it runs.
+        grown = wait_for(
+            "the page to draw two more epochs of the running job",
+            lambda: showing(
+                lambda s: s["mark"] == "first load"
+                and s["status"] == "running"
+                and s["epochs"] >= first["epochs"] + 2
+            ),
+            60, interval=0.1, detail=last_shown,
+        )  # fmt: skip
+        assert grown["points"] == grown["epochs"], grown  # a point per epoch on the curve
+        assert service.http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+        final = service.wait(job["id"])
+        assert final["status"] == "cancelled" and final["epoch"] >= grown["epochs"], final
+        end = wait_for(
+            "the page to show the job's last epoch and its end",
+            lambda: showing(
+                lambda s: s["status"] == "cancelled" and s["epochs"] == final["epoch"]
+            ),
+            60, interval=0.1, detail=last_shown,
+        )  # fmt: skip
+        assert end["mark"] == "first load" and end["points"] == final["epoch"], end
+        running = [s["epochs"] for s in shown if s["status"] == "running"]
+        assert running == sorted(running) and len(set(running)) >= 2, running
 
-        wait_for(
-            "the page to show the job's last epoch and final status",
-            showing_the_end,
-            90,
-            interval=0.2,
-            detail=lambda: f"shown: {shown[-5:]}",
+        listed = service.http.get(f"/v1/jobs/{job['id']}/checkpoints").json()["items"]
+        epochs = [str(c["epoch"]) for c in listed]
+        assert epochs, listed
+        table = (
+            "[...document.querySelectorAll('#checkpoints tbody tr')]"
+            ".map((row) => row.cells[0].textContent)"
         )
         wait_for(
-            "the page's checkpoint table",
-            lambda: browser.evaluate("document.querySelectorAll('#checkpoints tbody tr').length"),
-            30,
-            interval=0.1,
-        )
+            f"the page's checkpoint table to list epochs {epochs}",
+            lambda: browser.evaluate(table) == epochs,
+            30, interval=0.1, detail=lambda: str(browser.evaluate(table)),
+        )  # fmt: skip
         ARTIFACTS.mkdir(exist_ok=True)
         browser.screenshot(ARTIFACTS / "dashboard-job.png")
         page = browser.evaluate(
@@ -253,7 +307,6 @@ def test_dashboard_draws_a_running_job_live_in_chromium(embedded_service: Servic
             " accuracy: Number(document.getElementById('chart-accuracy').dataset.epochs),"
             " lr: Number(document.getElementById('chart-lr').dataset.epochs),"
             " best: document.querySelectorAll('#chart-loss .mark-best').length,"
-            " checkpoints: document.querySelectorAll('#checkpoints tbody tr').length,"
             " params: (document.getElementById('parameters') || {}).textContent || '',"
             " title: document.title }))()"
         )
@@ -264,52 +317,169 @@ def test_dashboard_draws_a_running_job_live_in_chromium(embedded_service: Servic
             30,
             interval=0.1,
         )
-        listed = browser.evaluate("document.getElementById('jobs').textContent")
+        listed_jobs = browser.evaluate("document.getElementById('jobs').textContent")
         browser.screenshot(ARTIFACTS / "dashboard-jobs.png")
     finally:
         browser.close()
 
-    final = service.job(job["id"])
-    assert final["status"] in TERMINAL, final
-    assert shown and shown[-1] == (final["epoch"], final["status"]), shown[-5:]
     assert page["accuracy"] == page["lr"] == final["epoch"]
     assert page["best"] == 1
-    assert page["checkpoints"] >= 1
     assert "dashboard-live" in page["title"]
     counts = final["parameters"]
     assert counts, final
     assert page["params"] == f"{counts['trainable']:,} trainable, {counts['frozen']:,} frozen"
-    assert "dashboard-live" in listed
+    assert "dashboard-live" in listed_jobs
     assert (ARTIFACTS / "dashboard-job.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_prometheus_metrics_and_plot_png(embedded_service: Service) -> None:
-    service = embedded_service
-    job = service.submit(digits_mlp(name="plot-me"))
-    final = service.wait(job["id"])
-    assert final["status"] == "succeeded"
+# The token prompt and what the page holds: is the prompt shown, is it focused, the job
+# list's rows, the address, the token kept for the tab.
+PROMPT = (
+    "(() => ({ shown: !document.getElementById('login').hidden,"
+    " focused: document.activeElement ? document.activeElement.id : '',"
+    " rows: document.querySelectorAll('#jobs tbody tr').length,"
+    " href: location.href, stored: sessionStorage.getItem('descent.token') }))()"
+)
 
+
+def test_the_dashboard_asks_for_a_token_and_keeps_none_in_the_address_bar(
+    embedded_service: Service,
+) -> None:
+    binary = find_chromium()
+    if binary is None:
+        unavailable("chromium is not installed (apt-get install chromium)")
+    assert binary is not None
+    service = embedded_service
+    token = token_of(service)
+    assert token
+    service.submit(digits_mlp(name="behind-the-prompt"))  # something to list
+    home = f"{service.url}/"
+
+    def prompt(check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        state = browser.evaluate(PROMPT)
+        return state if state and check(state) else {}
+
+    browser = Browser(binary)
+    try:
+        # No token (a new tab holds none): the API answers 401, the page asks for one.
+        browser.open(home)
+        asked = wait_for("the token prompt", lambda: prompt(lambda s: s["shown"]), 30,
+                         interval=0.1)  # fmt: skip
+        assert asked["focused"] == "token-input" and asked["rows"] == 0 and asked["stored"] is None
+        # A token in the query (the old way) is not used: the address loses it at once.
+        browser.open(f"{home}?token={token}")
+        asked = wait_for("the token prompt", lambda: prompt(lambda s: s["shown"]), 30,
+                         interval=0.1)  # fmt: skip
+        assert asked["href"] == home and asked["stored"] is None, asked
+        # The token typed into the prompt: kept for the tab, and the jobs are listed.
+        browser.evaluate(
+            f"document.getElementById('token-input').value = {json.dumps(token)};"
+            " document.getElementById('login').requestSubmit()"
+        )
+        listed = wait_for("the job list once the token is typed",
+                          lambda: prompt(lambda s: s["rows"] > 0), 30, interval=0.1)  # fmt: skip
+        assert not listed["shown"] and listed["stored"] == token and listed["href"] == home
+        assert "behind-the-prompt" in browser.evaluate(
+            "document.getElementById('jobs').textContent"
+        )
+    finally:
+        browser.close()
+
+
+def scrape(service: Service) -> Samples:
     response = httpx.get(f"{service.url}/metrics", timeout=30)  # no token: scrapers have none
-    assert response.status_code == 200
+    assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
-    samples = parse_prometheus(response.text)
-    assert samples[("descent_jobs", (("status", "succeeded"),))] >= 1
-    assert samples[("descent_jobs", (("status", "running"),))] >= 0
-    assert samples[("descent_queue_length", (("queue", "cpu"),))] >= 0
-    count = samples[("descent_epoch_duration_seconds_count", ())]
-    assert count >= final["epoch"]
-    assert samples[("descent_epoch_duration_seconds_bucket", (("le", "+Inf"),))] == count
-    assert samples[("descent_epoch_duration_seconds_sum", ())] > 0
+    return parse_prometheus(response.text)
+
+
+def series(samples: Samples, name: str, label: str) -> dict[str, float]:
+    """The samples of ``name`` by the value of their one label ``label``."""
+    return {dict(labels)[label]: v for (n, labels), v in samples.items() if n == name}
+
+
+def epoch_histogram(samples: Samples) -> dict[str, float]:
+    """descent_epoch_duration_seconds: each bucket by its ``le``, then "count" and "sum"."""
+    histogram = series(samples, "descent_epoch_duration_seconds_bucket", "le")
+    histogram["count"] = samples[("descent_epoch_duration_seconds_count", ())]
+    histogram["sum"] = samples[("descent_epoch_duration_seconds_sum", ())]
+    return histogram
+
+
+def test_prometheus_metrics_count_this_tests_jobs_and_epochs_and_the_diagnosis_is_live(
+    embedded_service: Service,
+) -> None:
+    """Two jobs on an idle service: one that succeeds, one cancelled while it runs (whose
+    diagnosis follows its epochs meanwhile). /metrics moves by exactly their jobs and epochs."""
+    service = embedded_service
+
+    def idle() -> Samples:
+        samples = scrape(service)
+        jobs = series(samples, "descent_jobs", "status")
+        waiting = series(samples, "descent_queue_length", "queue")
+        return samples if jobs["queued"] == jobs["running"] == waiting["cpu"] == 0 else {}
+
+    # Other tests' jobs have ended (and their tasks left the queue): only this test's move.
+    before = wait_for("no job queued or running and no task waiting", idle, 120)
+
+    done = service.submit(digits_mlp(name="plot-me"))
+    final = service.wait(done["id"])
+    assert final["status"] == "succeeded" and final["epoch"] == 4
+
+    # Long, with no early stop: cancelled once its live diagnosis is checked.
+    spec = digits_mlp(
+        name="diagnosed-live",
+        training={"epochs": 2000},
+        early_stopping={"monitor": "val_loss", "patience": 2000},
+    )
+    long = service.submit(spec)
+    reads = []
+    for at_least in (3, 6):
+        job = service.wait(long["id"], until=lambda j, n=at_least: j["epoch"] >= n,
+                           what=f"to pass epoch {at_least}")  # fmt: skip
+        assert job["status"] == "running", job
+        # The diagnosis of the epochs committed so far, with the row that counts them.
+        diagnosis = job["diagnosis"]
+        assert diagnosis["final"] is False and diagnosis["epoch"] == job["epoch"], diagnosis
+        assert len(diagnosis["gap"]) == job["epoch"], diagnosis
+        reads.append(job["epoch"])
+    assert reads[1] > reads[0]
+    assert series(scrape(service), "descent_jobs", "status")["running"] == 1
+    assert service.http.post(f"/v1/jobs/{long['id']}/cancel").status_code == 202
+    cancelled = service.wait(long["id"])
+    assert cancelled["status"] == "cancelled" and cancelled["epoch"] >= reads[1]
+
+    after = scrape(service)
+    jobs_before = series(before, "descent_jobs", "status")
+    change = {s: n - jobs_before[s] for s, n in series(after, "descent_jobs", "status").items()}
+    assert change == {"queued": 0, "running": 0, "succeeded": 1, "failed": 0, "cancelled": 1}
+    assert series(after, "descent_queue_length", "queue")["cpu"] == 0
+    # Every epoch the two jobs committed, each in the bucket of its epoch_seconds.
+    seconds = [
+        item["metrics"]["epoch_seconds"]
+        for job_id in (done["id"], long["id"])
+        for item in service.metrics(job_id)
+    ]
+    assert len(seconds) == final["epoch"] + cancelled["epoch"]
+    old, new = epoch_histogram(before), epoch_histogram(after)
+    assert new["count"] - old["count"] == len(seconds)
+    assert new["+Inf"] == new["count"]
+    assert new["sum"] - old["sum"] == pytest.approx(sum(seconds), rel=1e-6)
+    bounds = [le for le in new if le not in ("+Inf", "count", "sum")]
+    assert bounds
+    for le in bounds:
+        assert new[le] - old[le] == sum(s <= float(le) for s in seconds), le
+
     routes = {
         dict(labels).get("route")
-        for name, labels in samples
+        for name, labels in after
         if name.startswith("descent_http_request_duration_seconds")
     }
     assert "/v1/jobs/{job_id}" in routes
-    assert not any(job["id"] in (route or "") for route in routes)  # templates, not paths
+    assert not any(done["id"] in (route or "") for route in routes)  # templates, not paths
 
     size = {"width": 800, "height": 400}
-    response = service.http.get(f"/v1/jobs/{job['id']}/plot.png", params=size)
+    response = service.http.get(f"/v1/jobs/{done['id']}/plot.png", params=size)
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     assert png_size(response.content) == (800, 400)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -317,7 +487,7 @@ def test_prometheus_metrics_and_plot_png(embedded_service: Service) -> None:
     assert service.http.get("/v1/jobs/0123456789abcdef/plot.png").status_code == 404
 
 
-def parse_prometheus(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def parse_prometheus(text: str) -> Samples:
     samples = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
