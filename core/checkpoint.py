@@ -87,10 +87,14 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def save_state(state: dict[str, Any], path: Path) -> None:
+def state_bytes(state: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    atomic_write(path, state_bytes(state))
 
 
 def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:

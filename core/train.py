@@ -39,7 +39,7 @@ from core.checkpoint import (
     atomic_write,
     load_state,
     load_weights,
-    save_state,
+    state_bytes,
     weights_metadata,
 )
 from core.data import Data, Scaling, load_data, read_source
@@ -1075,15 +1075,19 @@ class CheckpointSnapshot:
     metadata: dict[str, str]
     state: dict[str, Any]
 
+    def encode(self) -> tuple[bytes, bytes]:
+        """The two files' contents: the weights (safetensors) and the resume state."""
+        return safetensors.torch.save(self.weights, metadata=self.metadata), state_bytes(self.state)
+
     def save(self, directory: Path, stem: str) -> CheckpointFiles:
         """<stem>.safetensors and <stem>.state.pt, each written atomically and fsynced."""
         weights_path = directory / f"{stem}{WEIGHTS_SUFFIX}"
         state_path = directory / f"{stem}{STATE_SUFFIX}"
-        data = safetensors.torch.save(self.weights, metadata=self.metadata)
-        atomic_write(weights_path, data)
-        save_state(self.state, state_path)
+        weights, state = self.encode()
+        atomic_write(weights_path, weights)
+        atomic_write(state_path, state)
         return CheckpointFiles(
-            weights_path, state_path, len(data), hashlib.sha256(data).hexdigest()
+            weights_path, state_path, len(weights), hashlib.sha256(weights).hexdigest()
         )
 
 

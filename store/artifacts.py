@@ -18,6 +18,7 @@ Stored names (keys) are always made by the server: ``<job id>/<stem>.<suffix>`` 
 
 import hashlib
 import hmac
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -52,6 +53,7 @@ class Artifacts(Protocol):
     def relative(self, path: Path) -> str: ...
     def path(self, relative: str) -> Path: ...
     def publish(self, path: Path, sha256: str | None = None) -> str: ...
+    def write(self, relative: str, data: bytes, sha256: str | None = None) -> str: ...
     def fetch(self, key: str, sha256: str | None = None) -> "_PathContext": ...
     def cached(self, key: str, sha256: str | None = None) -> Path: ...
     def keys(self, prefix: str) -> list[str]: ...
@@ -91,6 +93,11 @@ class LocalArtifacts:
     def publish(self, path: Path, sha256: str | None = None) -> str:
         """The key of a file written under ``root``: here it is stored already."""
         return self.relative(path)
+
+    def write(self, relative: str, data: bytes, sha256: str | None = None) -> str:
+        """Store ``data`` under ``relative``: written atomically and fsynced; its key."""
+        atomic_copy(io.BytesIO(data), self.path(relative))
+        return relative
 
     @contextmanager
     def fetch(self, key: str, sha256: str | None = None) -> Iterator[Path]:

@@ -14,6 +14,8 @@ fetched upload may stay there as a cache.
 """
 
 import functools
+import hashlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -108,6 +110,17 @@ class S3Artifacts(LocalArtifacts):
         relative = self.relative(path)
         self.put(path, relative, sha256)
         path.unlink(missing_ok=True)
+        return relative
+
+    def write(self, relative: str, data: bytes, sha256: str | None = None) -> str:
+        """Upload ``data`` from memory (no local file): what a checkpoint writer holds."""
+        self.client.upload_fileobj(
+            io.BytesIO(data),
+            self.bucket,
+            self.key(relative),
+            ExtraArgs={"Metadata": {"sha256": sha256 or hashlib.sha256(data).hexdigest()}},
+            Config=self.transfer,
+        )
         return relative
 
     def put(self, path: Path, relative: str, sha256: str | None = None) -> None:

@@ -17,6 +17,7 @@ attempt; the others fail the job at once with their reason. A job is started at 
 ``settings.max_attempts`` times.
 """
 
+import hashlib
 import logging
 import math
 import os
@@ -24,7 +25,6 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from core.checkpoint import STATE_SUFFIX, WEIGHTS_SUFFIX
 from core.distributed import RankDied
 from core.errors import NonFiniteLoss, TrainingError
 from core.resources import Resources
@@ -404,11 +405,12 @@ class WorkerHooks(TrainerHooks):
     def _store_checkpoint(self, snap: Snapshot) -> None:
         """On the writer thread: the files, stored, then the row that makes them durable."""
         # The attempt in the name: a worker presumed dead never overwrites the new run's files.
-        stem = f"epoch-{snap.epoch:05d}-{self.attempt}"
-        files = snap.save(self.artifacts.job_dir(self.job_id), stem)
-        # Stored (uploaded to an object store) before its row names it.
-        weights_key = self.artifacts.publish(Path(files.weights_path), files.sha256)
-        state_key = self.artifacts.publish(Path(files.state_path))
+        stem = f"{self.job_id}/epoch-{snap.epoch:05d}-{self.attempt}"
+        weights, state = snap.contents.encode()
+        sha256 = hashlib.sha256(weights).hexdigest()
+        # Stored (in the folder, fsynced; or uploaded from memory) before its row names it.
+        weights_key = self.artifacts.write(f"{stem}{WEIGHTS_SUFFIX}", weights, sha256)
+        state_key = self.artifacts.write(f"{stem}{STATE_SUFFIX}", state)
         with session_scope() as session:
             job = session.get_one(Job, self.job_id, with_for_update=True)
             if job.worker != self.lease.worker or job.status != JobStatus.RUNNING:
@@ -419,8 +421,8 @@ class WorkerHooks(TrainerHooks):
                 value=finite(snap.value),
                 weights_path=weights_key,
                 state_path=state_key,
-                bytes=files.bytes,
-                sha256=files.sha256,
+                bytes=len(weights),
+                sha256=sha256,
             )
             session.add(checkpoint)
             session.flush()

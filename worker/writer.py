@@ -2,9 +2,10 @@
 
 At the end of an epoch that is due a checkpoint (see ``Cadence``), the training thread takes
 a ``Snapshot``: the weights and the resume state with every tensor copied to the CPU, so the
-next epoch may change the model at once. A ``CheckpointWriter`` thread then serializes it,
-writes both files atomically (fsynced), publishes them to the artifact store (for S3: the
-upload) and commits the checkpoint row, while the next epoch trains.
+next epoch may change the model at once. A ``CheckpointWriter`` thread then serializes it
+and stores both files (``Artifacts.write``: in the local folder, written atomically and
+fsynced; in S3, uploaded from memory, with no local file), then commits the checkpoint row,
+while the next epoch trains.
 
 At most one write is in flight: the next hand-off first waits for the previous one, so
 memory holds one copy of the state at most. A write that failed raises its error on the
@@ -21,10 +22,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from core.checkpoint import CheckpointFiles
 from core.results import EpochRecord
 from core.spec import CheckpointSpec
 from core.train import CheckpointSnapshot, Trainer
@@ -41,10 +40,6 @@ class Snapshot:
     value: float | None  # the monitored metric at this epoch
     is_best: bool
     contents: CheckpointSnapshot
-
-    def save(self, directory: Path, stem: str) -> CheckpointFiles:
-        """<stem>.safetensors and <stem>.state.pt, each written atomically and fsynced."""
-        return self.contents.save(directory, stem)
 
 
 def snapshot(trainer: Trainer, record: EpochRecord) -> Snapshot:

@@ -3,6 +3,7 @@ checkpoint is written and stored, one write at most is in flight, a failed write
 run (retried from the last durable checkpoint), and a kill in the middle of writing a best
 checkpoint loses neither the best checkpoint nor the run's outcome."""
 
+import hashlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,13 @@ class SlowStore(LocalArtifacts):
         super().__init__(root)
         self.hold, self.release, self.held = hold, threading.Event(), threading.Event()
 
-    def publish(self, path: Path, sha256: str | None = None) -> str:
-        if path.name.startswith(f"epoch-{self.hold:05d}-") and path.suffix == ".safetensors":
+    def write(self, relative: str, data: bytes, sha256: str | None = None) -> str:
+        name = Path(relative).name
+        if name.startswith(f"epoch-{self.hold:05d}-") and name.endswith(".safetensors"):
             self.held.set()
             assert self.release.wait(scaled(60))
-            assert path.is_file() and sha256 is not None and sha256_matches(path, sha256)
-        return super().publish(path, sha256)
+            assert sha256 == hashlib.sha256(data).hexdigest()
+        return super().write(relative, data, sha256)
 
 
 def test_the_next_epoch_trains_while_a_checkpoint_is_stored(
@@ -93,14 +95,16 @@ def test_the_next_epoch_trains_while_a_checkpoint_is_stored(
 def test_a_failed_upload_is_retried_from_the_last_durable_checkpoint(
     sqlite_env: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real_publish = LocalArtifacts.publish
+    real_write = LocalArtifacts.write
 
-    def store_down(self: LocalArtifacts, path: Path, sha256: str | None = None) -> str:
-        if path.name.startswith("epoch-00003-"):
+    def store_down(
+        self: LocalArtifacts, relative: str, data: bytes, sha256: str | None = None
+    ) -> str:
+        if Path(relative).name.startswith("epoch-00003-"):
             raise ConnectionError("the object store is unreachable")
-        return real_publish(self, path, sha256)
+        return real_write(self, relative, data, sha256)
 
-    monkeypatch.setattr(LocalArtifacts, "publish", store_down)
+    monkeypatch.setattr(LocalArtifacts, "write", store_down)
     job_id = make_job(SPEC)
     with pytest.raises(RetryableFailure) as raised:
         run_job(job_id, worker="w/1")
@@ -108,7 +112,7 @@ def test_a_failed_upload_is_retried_from_the_last_durable_checkpoint(
     job = job_row(job_id)
     # Epoch 3's metrics were visible before its checkpoint failed; the lease is given back.
     assert job.status == "queued" and job.epoch >= 3 and job.worker is None
-    monkeypatch.setattr(LocalArtifacts, "publish", real_publish)
+    monkeypatch.setattr(LocalArtifacts, "write", real_write)
     with caplog.at_level("INFO", logger="worker.runner"):
         assert run_job(job_id, worker="w/2") == "succeeded"
     assert "resumes after epoch 2" in caplog.text
