@@ -13,13 +13,11 @@ server of this module's own (append-only), which the tests restart, and workers 
 """
 
 import logging
-import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,31 +26,22 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from tests.conftest import postgres_database, unavailable
-from tests.e2e.service import ROOT, Service, base_env, free_port, make_token
+from tests.e2e.service import free_port
+from tests.e2e.stacks import (
+    LEASE,
+    RESUME_SPEC,
+    Stack,
+    assert_same_metrics,
+    kill,
+    production_stack,
+    reference_run,
+)
 from tests.timing import scaled, wait_for
 
 log = logging.getLogger(__name__)
 
-LEASE = {
-    "DESCENT_LEASE_TIMEOUT_SECONDS": "3",
-    "DESCENT_HEARTBEAT_SECONDS": "0.5",
-    "DESCENT_SWEEP_SECONDS": "0.5",
-    "DESCENT_RETRY_BACKOFF_MAX_SECONDS": "2",
-}
-
-# A tiny deterministic CPU job; dropout and shuffling make every RNG state matter.
-RESUME_SPEC: dict[str, Any] = {
-    "name": "resume",
-    "dataset": {"name": "digits", "val_fraction": 0.2, "seed": 0},
-    "model": {"arch": "mlp", "hidden": [64], "dropout": 0.2},
-    "optimizer": {"name": "adam", "lr": 0.005},
-    "schedule": {"name": "inverse_time", "decay": 0.05},
-    "training": {"epochs": 10, "batch_size": 16, "seed": 1, "device": "cpu"},
-    "checkpoints": {"keep_top_k": 2},
-}
 SHORT_SPEC: dict[str, Any] = {
     "dataset": {"name": "iris"},
     "model": {"arch": "mlp", "hidden": [8]},
@@ -170,50 +159,10 @@ class Proxy:
         self.listener.close()
 
 
-class Stack(Service):
-    """The API as production starts it, and workers the tests start and kill."""
+class RecoveryStack(Stack):
+    """The stack on a Redis server of this module's own, and PostgreSQL through a proxy."""
 
-    database_url: str = ""
-    redis: RedisServer | None = None
-    proxy: "Proxy | None" = None  # between every process of the stack and PostgreSQL
-
-    def start_worker(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """``descent worker``, as production starts it (one job at a time, in its process)."""
-        process = self.start(
-            name, "-m", "descent", "worker", "--queues", "cpu,gpu", "--name", f"{name}@%h", env=env
-        )
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"worker {name} exited {process.returncode}\n{self.tail()}")
-            return "ready." in self.log(name)
-
-        wait_for(f"worker {name} to start", ready, 120, interval=0.1, detail=self.tail)
-        return process
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
-
-    def row(self, job_id: str) -> dict[str, Any]:
-        """The job's row, read from the database directly (what the API does not show)."""
-        engine = create_engine(self.database_url)
-        try:
-            with engine.connect() as conn:
-                row = conn.execute(
-                    text("SELECT worker, attempt, status FROM jobs WHERE id = :id"), {"id": job_id}
-                ).one()
-                epochs = conn.execute(
-                    text("SELECT epoch, count(*) FROM metrics WHERE job_id = :id GROUP BY epoch"),
-                    {"id": job_id},
-                ).all()
-        finally:
-            engine.dispose()
-        return {"worker": row[0], "attempt": row[1], "status": row[2], "rows": dict(epochs)}
-
-
-def kill_group(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    proxy: Proxy | None = None  # between every process of the stack and PostgreSQL
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +178,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RecoveryStack]:
     root = tmp_path_factory.mktemp("recovery")
     with postgres_database() as database_url:
         from sqlalchemy.engine import make_url
@@ -239,52 +190,19 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
         proxied = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(
             hide_password=False
         )
-        env = (
-            base_env(root / "data")
-            | LEASE
-            | {
-                "DATABASE_URL": proxied,
-                "REDIS_URL": redis_server.url,
-            }
-        )
-        port = free_port()
-        service = Stack(f"http://127.0.0.1:{port}", env, root)
-        service.database_url, service.redis = database_url, redis_server
-        service.proxy = proxy
-        subprocess.run([sys.executable, "-m", "descent", "migrate"], cwd=ROOT, env=env, check=True)
-        service.authorize(make_token(env, "recovery"))
-        service.start(
-            "api", "-m", "descent", "api", "--host", "127.0.0.1", "--port", str(port)
-        )
+        env = LEASE | {"DATABASE_URL": proxied, "REDIS_URL": redis_server.url}
         try:
-            service.wait_healthy()
-            yield service
+            with production_stack(root, env, "recovery", RecoveryStack) as service:
+                # The tests read the jobs table past the proxy (which they cut).
+                service.database_url, service.proxy = database_url, proxy
+                yield service
         finally:
-            service.stop()
             proxy.close()
 
 
 @pytest.fixture(scope="module")
 def reference() -> dict[int, dict[str, float]]:
-    """RESUME_SPEC run without interruption, in process, with the core alone."""
-    from core.train import Trainer
-
-    result = Trainer(RESUME_SPEC).setup().train()
-    return {record.epoch: dict(record.metrics) for record in result.history}
-
-
-def assert_equals_reference(
-    stack: Stack, job_id: str, reference: dict[int, dict[str, float]]
-) -> float:
-    got = {item["epoch"]: item["metrics"] for item in stack.metrics(job_id)}
-    assert sorted(got) == sorted(reference)
-    worst = 0.0
-    for epoch, metrics in reference.items():
-        for name, value in metrics.items():
-            if name != "epoch_seconds":
-                worst = max(worst, abs(got[epoch][name] - value))
-    assert worst <= 1e-6, worst
-    return worst
+    return reference_run(RESUME_SPEC)
 
 
 def test_queued_jobs_survive_a_redis_restart(stack: Stack, redis_server: RedisServer) -> None:
@@ -303,7 +221,7 @@ def test_queued_jobs_survive_a_redis_restart(stack: Stack, redis_server: RedisSe
         for job_id in jobs:
             assert stack.wait(job_id, timeout=120)["status"] == "succeeded"
     finally:
-        kill_group(worker)
+        kill(worker)
 
 
 def test_the_same_job_delivered_twice_runs_once(stack: Stack, redis_server: RedisServer) -> None:
@@ -325,7 +243,7 @@ def test_the_same_job_delivered_twice_runs_once(stack: Stack, redis_server: Redi
         assert set(row["rows"]) == set(range(1, 11)) and len(set(row["rows"].values())) == 1
     finally:
         sender.close()
-        kill_group(worker)
+        kill(worker)
 
 
 def test_a_killed_worker_is_replaced_and_the_job_resumes(
@@ -336,19 +254,19 @@ def test_a_killed_worker_is_replaced_and_the_job_resumes(
     stack.wait(job["id"], until=lambda j: j["epoch"] >= 3, timeout=180, what="to pass epoch 3")
     # The job runs in the worker's own process (the solo pool): no pool process to lose.
     assert stack.row(job["id"])["worker"].rpartition("/")[2] == str(first.pid)
-    kill_group(first)  # SIGKILL, as the OOM killer does
+    kill(first)  # SIGKILL, as the OOM killer does
     killed_at = stack.job(job["id"])["epoch"]
     assert killed_at < 10
     second = stack.start_worker("worker-new")  # as a container's restart policy would
     try:
         final = stack.wait(job["id"], timeout=180)
         assert final["status"] == "succeeded" and final["attempt"] == 2, final
-        worst = assert_equals_reference(stack, job["id"], reference)
+        worst = assert_same_metrics(stack, job["id"], reference, 1e-6)
         assert "queued again to resume" in stack.log("worker-new")
         assert f"resumes after epoch {killed_at}" in stack.log("worker-new")
         log.info("worker killed after epoch %d: largest metric gap %.2e", killed_at, worst)
     finally:
-        kill_group(second)
+        kill(second)
 
 
 # Longer, so that the worker is stopped mid-job.
@@ -361,10 +279,7 @@ PREEMPT_SPEC: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def preempt_reference() -> dict[int, dict[str, float]]:
-    from core.train import Trainer
-
-    result = Trainer(PREEMPT_SPEC).setup().train()
-    return {record.epoch: dict(record.metrics) for record in result.history}
+    return reference_run(PREEMPT_SPEC)
 
 
 def test_a_stopped_worker_hands_its_job_to_another_at_once(
@@ -396,7 +311,7 @@ def test_a_stopped_worker_hands_its_job_to_another_at_once(
         final = stack.wait(job["id"], timeout=180)
         # A preemption is not a failed attempt.
         assert final["status"] == "succeeded" and final["attempt"] == 1, final
-        worst = assert_equals_reference(stack, job["id"], preempt_reference)
+        worst = assert_same_metrics(stack, job["id"], preempt_reference, 1e-6)
         handed = re.search(r"queued again to resume after epoch (\d+)", stack.log(doomed))
         assert handed, stack.tail()
         epoch = int(handed[1])
@@ -411,11 +326,11 @@ def test_a_stopped_worker_hands_its_job_to_another_at_once(
     finally:
         for process in workers.values():
             if process.poll() is None:
-                kill_group(process)
+                kill(process)
 
 
 def test_a_database_outage_answers_503_and_loses_no_epoch(
-    stack: Stack, reference: dict[int, dict[str, float]]
+    stack: RecoveryStack, reference: dict[int, dict[str, float]]
 ) -> None:
     proxy = stack.proxy
     assert proxy is not None
@@ -437,10 +352,10 @@ def test_a_database_outage_answers_503_and_loses_no_epoch(
             proxy.restore()
         final = stack.wait(job["id"], timeout=180)
         assert final["status"] == "succeeded", final
-        assert_equals_reference(stack, job["id"], reference)
+        assert_same_metrics(stack, job["id"], reference, 1e-6)
         assert "lost connection" in stack.log("worker-db")
     finally:
-        kill_group(worker)
+        kill(worker)
 
 
 def test_the_api_keeps_answering_after_the_tests(stack: Stack) -> None:

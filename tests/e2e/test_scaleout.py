@@ -9,11 +9,7 @@ server (moto's, over HTTP).
 """
 
 import hashlib
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,44 +17,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import postgres_database
-from tests.e2e.service import ROOT, Service, base_env, free_port, make_token
-from tests.e2e.test_recovery import LEASE, RESUME_SPEC
+from tests.e2e.stacks import (
+    LEASE,
+    RESUME_SPEC,
+    Stack,
+    assert_same_metrics,
+    kill,
+    production_stack,
+    reference_run,
+)
 from tests.files import csv_bytes
 from tests.s3 import S3Server, s3_server
-from tests.timing import wait_for
-
-
-class Hosts(Service):
-    """The API, and workers each started with a data folder of its own."""
-
-    root: Path = Path()
-
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
-        folder = self.root / name
-        env = self.env | {"DESCENT_DATA_DIR": str(folder)}
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
-        process = subprocess.Popen(
-            [sys.executable, "-m", "descent", "worker", "--queues", "cpu,gpu",
-             "--name", f"{name}@%h"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        self.processes.append(process)
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"worker {name} exited {process.returncode}\n{self.tail()}")
-            return "ready." in self.log(name)
-
-        wait_for(f"worker {name} to start", ready, 120, interval=0.1, detail=self.tail)
-        return process
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
-
-
-def kill(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +39,13 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture(scope="module")
 def hosts(
     s3: S3Server, redis_broker: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Hosts]:
+) -> Iterator[Stack]:
+    """The API, and workers each started with a data folder of its own (``own_folder``)."""
     root = tmp_path_factory.mktemp("scaleout")
     redis_url, prefix = redis_broker
     with postgres_database() as database_url:
         env = (
-            base_env(root / "api")
-            | LEASE
+            LEASE
             | s3.env(s3.bucket())
             | {
                 "DATABASE_URL": database_url,
@@ -84,18 +53,8 @@ def hosts(
                 "DESCENT_BROKER_KEY_PREFIX": f"{prefix}scaleout:",
             }
         )
-        port = free_port()
-        service = Hosts(f"http://127.0.0.1:{port}", env, root)
-        service.root = root
-        subprocess.run([sys.executable, "-m", "descent", "migrate"], cwd=ROOT, env=env, check=True)
-        service.authorize(make_token(env, "scaleout"))
-        # The command compose runs.
-        service.start("api", "-m", "descent", "api", "--host", "127.0.0.1", "--port", str(port))
-        try:
-            service.wait_healthy()
+        with production_stack(root, env, "scaleout", Stack) as service:
             yield service
-        finally:
-            service.stop()
 
 
 def local_files(folder: Path) -> list[str]:
@@ -103,17 +62,15 @@ def local_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
-def test_a_job_killed_on_one_host_resumes_on_another_from_s3(hosts: Hosts) -> None:
-    from core.train import Trainer
-
-    reference = {r.epoch: r.metrics for r in Trainer(RESUME_SPEC).setup().train().history}
-    first = hosts.start_worker("host-a")
+def test_a_job_killed_on_one_host_resumes_on_another_from_s3(hosts: Stack) -> None:
+    reference = reference_run(RESUME_SPEC)
+    first = hosts.start_worker("host-a", own_folder=True)
     job = hosts.submit(RESUME_SPEC)
     hosts.wait(job["id"], until=lambda j: j["epoch"] >= 3, timeout=180, what="to pass epoch 3")
     kill(first)  # SIGKILL: host A is gone, and its folder with it
     killed_at = hosts.job(job["id"])["epoch"]
     assert killed_at < RESUME_SPEC["training"]["epochs"]
-    second = hosts.start_worker("host-b")
+    second = hosts.start_worker("host-b", own_folder=True)
     try:
         final = hosts.wait(job["id"], timeout=180)
         assert final["status"] == "succeeded" and final["attempt"] == 2, final
@@ -122,15 +79,7 @@ def test_a_job_killed_on_one_host_resumes_on_another_from_s3(hosts: Hosts) -> No
         log = hosts.log("host-b")
         resumed = [int(e) for e in re.findall(r"resumes after epoch (\d+)", log)]
         assert len(resumed) == 1 and killed_at - 2 <= resumed[0] <= killed_at, (killed_at, log)
-        got = {item["epoch"]: item["metrics"] for item in hosts.metrics(job["id"])}
-        assert sorted(got) == sorted(reference)
-        gaps = [
-            abs(got[epoch][name] - value)
-            for epoch, metrics in reference.items()
-            for name, value in metrics.items()
-            if name != "epoch_seconds"
-        ]
-        assert max(gaps) == 0.0, max(gaps)  # bit-identical on the CPU
+        assert_same_metrics(hosts, job["id"], reference, 0.0)  # bit-identical on the CPU
         # Nothing of the job stays on the host that finished it, nor on the API's: its
         # checkpoints are in S3 only. (Host A may hold the write it was killed in; that host
         # is gone with its disk.)
@@ -151,7 +100,7 @@ def test_a_job_killed_on_one_host_resumes_on_another_from_s3(hosts: Hosts) -> No
         kill(second)
 
 
-def test_an_upload_trains_on_either_host(hosts: Hosts) -> None:
+def test_an_upload_trains_on_either_host(hosts: Stack) -> None:
     response = hosts.http.post(
         "/v1/datasets", files={"file": ("d.csv", csv_bytes(rows=60))}, data={"target": "label"}
     )
@@ -164,7 +113,7 @@ def test_an_upload_trains_on_either_host(hosts: Hosts) -> None:
         "training": {"epochs": 2, "batch_size": 16, "device": "cpu"},
     }
     for name in ("host-c", "host-d"):  # one host at a time, each with an empty folder
-        worker = hosts.start_worker(name)
+        worker = hosts.start_worker(name, own_folder=True)
         try:
             job = hosts.submit({**spec, "name": name})
             final = hosts.wait(job["id"], timeout=120)
