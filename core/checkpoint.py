@@ -14,7 +14,6 @@ os.replace, so a worker killed mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -58,19 +57,6 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def weights_bytes(model: nn.Module, metadata: dict[str, str]) -> bytes:
-    # safetensors wants contiguous CPU tensors that share no storage.
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    return safetensors.torch.save(tensors, metadata=metadata)
-
-
-def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> tuple[int, str]:
-    """Write the weights file; return its size in bytes and its sha256."""
-    data = weights_bytes(model, metadata)
-    atomic_write(path, data)
-    return len(data), hashlib.sha256(data).hexdigest()
-
-
 def weights_metadata(spec: JobSpec, epoch: int, monitor: str, value: float) -> dict[str, str]:
     return {
         "format": "pt",
@@ -91,10 +77,6 @@ def state_bytes(state: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
-
-
-def save_state(state: dict[str, Any], path: Path) -> None:
-    atomic_write(path, state_bytes(state))
 
 
 def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
