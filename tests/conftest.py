@@ -124,7 +124,10 @@ def postgres_env(
 
     with get_engine().begin() as conn:
         conn.execute(
-            text("TRUNCATE studies, jobs, metrics, checkpoints, uploads, api_tokens, users CASCADE")
+            text(
+                "TRUNCATE studies, jobs, counters, metrics, checkpoints, uploads, api_tokens,"
+                " users CASCADE"
+            )
         )
 
 
