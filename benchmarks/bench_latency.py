@@ -18,6 +18,7 @@ delivery and the worker's claim; started_at → visible, less the epoch, is the 
 """
 
 import argparse
+import contextlib
 import tempfile
 import time
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from benchmarks.common import (
     redis_key_space,
 )
 from tests.e2e.service import Service, running, start_embedded, start_production
+from tests.s3 import s3_server
 
 SPEC: dict[str, Any] = {
     "name": "latency-iris",
@@ -49,11 +51,19 @@ GOALS = {"embedded": 1.0, "redis": 0.1}
 
 @contextmanager
 def service(mode: str, root: Path) -> Iterator[Service]:
+    """embedded; redis (PostgreSQL + Redis, artifacts in a folder); s3 (the same, artifacts in
+    an S3 server of the benchmark's own: moto's, as in the tests)."""
     if mode == "embedded":
         yield from running(start_embedded(root))
         return
-    with postgres_database() as database_url, redis_key_space() as (redis_url, prefix):
-        yield from running(start_production(root, database_url, redis_url, prefix))
+    with contextlib.ExitStack() as stack:
+        database_url = stack.enter_context(postgres_database())
+        redis_url, prefix = stack.enter_context(redis_key_space())
+        extra: dict[str, str] = {}
+        if mode == "s3":
+            server = stack.enter_context(s3_server(root))
+            extra = server.env(server.bucket())
+        yield from running(start_production(root, database_url, redis_url, prefix, extra))
 
 
 def authorize(svc: Service) -> None:

@@ -219,23 +219,28 @@ def make_token(env: dict[str, str], user: str) -> str:
     return result.stdout.strip()
 
 
-def start_production(root: Path, database_url: str, redis_url: str, prefix: str) -> Service:
+def start_production(
+    root: Path, database_url: str, redis_url: str, prefix: str, extra: dict[str, str] | None = None
+) -> Service:
     """``descent migrate``, ``descent worker`` and ``descent api``: the commands compose runs
-    (the worker's first queue is cpu: a worker whose first queue is gpu needs CUDA)."""
+    (the worker's first queue is cpu: a worker whose first queue is gpu needs CUDA); ``extra``
+    adds to their environment (an S3 store, say)."""
     port = free_port()
-    env = base_env(root / "data") | {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "DESCENT_BROKER_KEY_PREFIX": prefix,
-    }
+    env = (
+        base_env(root / "data")
+        | {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "DESCENT_BROKER_KEY_PREFIX": prefix,
+        }
+        | (extra or {})
+    )
     service = Service(f"http://127.0.0.1:{port}", env, root)
     subprocess.run([sys.executable, "-m", "descent", "migrate"], cwd=ROOT, env=env, check=True)
     service.authorize(make_token(env, "e2e"))
     service.start("worker", "-m", "descent", "worker", "--queues", "cpu,gpu",
                   "--name", f"e2e-{port}@%h")  # fmt: skip
-    service.start(
-        "api", "-m", "descent", "api", "--host", "127.0.0.1", "--port", str(port)
-    )
+    service.start("api", "-m", "descent", "api", "--host", "127.0.0.1", "--port", str(port))
     return service
 
 
