@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 5.0
     lease_timeout_seconds: float = 30.0
     sweep_seconds: float = 10.0
+    # A queued job whose task message is not recorded as sent this many seconds after it was
+    # queued (its sender died between the commit and the send) is sent again by the sweeper.
+    resend_grace_seconds: float = 30.0
     # A job is started at most this many times (a job that kills its worker fails after it).
     max_attempts: int = 3
     # Failure classes retried from the last checkpoint; every other class fails the job at

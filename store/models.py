@@ -115,6 +115,10 @@ class Job(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the job was last queued while its task message is not yet recorded as sent
+    # (None once it is): the sweeper sends again a job queued and unsent for too long
+    # (store/outbox.py).
+    unsent_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Seconds of training spent on this job, over all its attempts (the owner's compute budget).
     runtime_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     # The most device memory the job's training held at once, over all its attempts (bytes).

@@ -4,7 +4,8 @@ A job whose spec names ``notify: {url, events}`` gets a ``webhook_deliveries`` r
 event, numbered per job (``seq``), written in the same transaction as the change: a
 ``before_flush`` hook watches every session for jobs whose ``status`` or best epoch
 changes through the ORM (the worker's epochs and end), and ``record`` adds one
-where the change is a plain UPDATE (a worker claiming the job). Once that transaction
+where the change is a plain UPDATE (a worker claiming the job; ``end_job``: a job ended by
+a claim, the sweeper or a failed send). Once that transaction
 commits, the process's notifier (``set_notifier``) is told which jobs have new events: it
 sends the task that posts them (worker/webhooks.py), in seq order.
 
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import event, func, inspect, select
+from sqlalchemy import event, func, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -232,6 +233,22 @@ def _add(session: Session, job: Job, names: list[str]) -> None:
 def record(session: Session, job: Job, name: str = "status") -> None:
     """Record an event of the job as it is now (for changes made by a plain UPDATE)."""
     _add(session, job, [name])
+
+
+def end_job(session: Session, job_id: str, where: Iterable[Any], values: dict[str, Any]) -> bool:
+    """End the job by a compare-and-set UPDATE (its id and the ``where`` clauses; ``values``
+    hold its terminal status) and, where it won, record its status event in the same
+    transaction: so the event is recorded once, by whoever ended the job. Whether it won."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, *where)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    record(session, session.get_one(Job, job_id, populate_existing=True))
+    return True
 
 
 def _events_of_change(job: Job) -> list[str]:

@@ -80,6 +80,8 @@ class RetryableFailure(Exception):
 
     failure: str
     message: str
+    # When _release queued the job again (store/outbox.py), once its retry is sent.
+    unsent_since: datetime | None = None
 
     def __str__(self) -> str:
         return f"{self.failure}: {self.message}"
@@ -157,26 +159,22 @@ def claim(job_id: str, worker: str, settings: Settings | None = None) -> Job | N
             return None
         attempt, status, holder, epoch = job.attempt, job.status, job.worker, job.epoch
         cancel = job.cancel_requested
+    # Compare-and-sets on what was read: whoever changed the job meanwhile wins.
+    unchanged = (Job.attempt == attempt, Job.status == status)
 
-    def settle(values: dict[str, Any]) -> bool:
-        """A compare-and-set on what was read: whoever changed the job meanwhile wins."""
+    def end(values: dict[str, Any]) -> None:
+        """Nothing to run: the job ends (its status event recorded by the winner)."""
         with session_scope() as session:
-            result = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.attempt == attempt, Job.status == status)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            webhooks.end_job(session, job_id, unchanged, values)
 
     if cancel:
-        settle(_finish_values(JobStatus.CANCELLED, stop=_cancel_stop(epoch)))
+        end(_finish_values(JobStatus.CANCELLED, stop=_cancel_stop(epoch)))
         return None
     # A job still marked running whose lease this delivery may take: its worker was lost.
     lost = status == JobStatus.RUNNING and holder != worker
     if lost and WORKER_LOST not in settings.retried_failures:
         message = f"its worker ({holder}) was lost, and lost workers are not retried"
-        settle(_failed_values(message, WORKER_LOST, epoch))
+        end(_failed_values(message, WORKER_LOST, epoch))
         return None
     if attempt >= settings.max_attempts:
         message = (
@@ -184,24 +182,28 @@ def claim(job_id: str, worker: str, settings: Settings | None = None) -> Job | N
             f"its connection failed each time); it is not started again (max_attempts "
             f"{settings.max_attempts})"
         )
-        settle(_failed_values(message, WORKER_LOST if lost else CONNECTION, epoch))
-        return None
-    claimed = settle(
-        {
-            "status": JobStatus.RUNNING,
-            "attempt": attempt + 1,
-            "worker": worker,
-            "heartbeat_at": now(),
-        }
-    )
-    if not claimed:
-        log.info("job %s changed while being claimed; this delivery does nothing", job_id)
+        end(_failed_values(message, WORKER_LOST if lost else CONNECTION, epoch))
         return None
     with session_scope() as session:
-        job = session.get_one(Job, job_id)
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, *unchanged)
+            .values(
+                status=JobStatus.RUNNING,
+                attempt=attempt + 1,
+                worker=worker,
+                heartbeat_at=now(),
+                unsent_since=None,  # its message was delivered (store/outbox.py)
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if not claimed:
+            log.info("job %s changed while being claimed; this delivery does nothing", job_id)
+            return None
+        job = session.get_one(Job, job_id, populate_existing=True)
         if job.started_at is None:
             job.started_at = now()
-        webhooks.record(session, job)  # its status event: running
+        webhooks.record(session, job)  # its status event, running: with the claim
         if lost:
             log.warning(
                 "job %s: its worker %s was lost; attempt %d resumes it", job_id, holder, job.attempt
@@ -223,6 +225,7 @@ def _finish_values(
         "error": error,
         "worker": None,
         "heartbeat_at": None,
+        "unsent_since": None,
     }
 
 
@@ -550,8 +553,7 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
             log.exception("job %s crashed", job_id)
         if failure in settings.retried_failures:
             log.warning("job %s: %s; it will be retried from its last checkpoint", job_id, message)
-            _release(job_id, worker)
-            raise RetryableFailure(failure, message) from exc
+            raise RetryableFailure(failure, message, _release(job_id, worker)) from exc
         _fail(job_id, worker, message, failure, diagnosis=getattr(exc, "diagnosis", None))
         return "failed"
     finally:
@@ -686,17 +688,23 @@ def _fail(
         finish(session, job, JobStatus.FAILED, error=message, stop=stop)
 
 
-def _release(job_id: str, worker: str) -> None:
+def _release(job_id: str, worker: str) -> datetime | None:
     """Give the lease back before a retry, so the retry need not wait for it to time out.
+    Returns when the job was queued again (its ``unsent_since``), None if it was not.
 
     Best effort: after a lost connection this often fails too, and the lease then times out.
     """
+    queued_at = now()
     try:
         with session_scope() as session:
-            session.execute(
+            released = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.worker == worker)
-                .values(status=JobStatus.QUEUED, worker=None, heartbeat_at=None)
-            )
+                .values(
+                    status=JobStatus.QUEUED, worker=None, heartbeat_at=None, unsent_since=queued_at
+                )
+            ).rowcount  # type: ignore[attr-defined]
     except Exception as exc:  # noqa: BLE001
         log.warning("job %s: could not release its lease: %s", job_id, exc)
+        return None
+    return queued_at if released else None

@@ -13,6 +13,9 @@ any worker loses nothing.
   The sampler of trial n is seeded from (study seed, n): the same study run again proposes
   the same points (random search always; TPE as long as the trials' results repeat). A grid
   is walked in a fixed order, its n-th point for trial n.
+- A trial's job is sent to its queue once committed, and recorded as sent (store/outbox.py):
+  one left unsent by a process killed in between is sent by the sweeper after a grace, so
+  it never holds one of the study's ``parallelism`` places forever.
 - The sweeper (``sweep``, worker/sweeper.py) tops up, every pass, each running study with
   room for a trial, and completes those whose trials have all ended: a study whose process
   died between one trial's end and the next one's making goes on.
@@ -28,6 +31,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -49,6 +53,7 @@ from core import space as search
 from core.spec import JobSpec, warnings
 from descent.queue import STUDY_TASK, TRAIN_TASK
 from descent.settings import Settings, get_settings
+from store import outbox, webhooks
 from store.db import session_scope
 from store.models import Job, JobStatus, Metric, Study, StudyStatus, StudyTrial, utcnow
 from store.users import active_jobs, limits_for, used_device_hours
@@ -251,7 +256,7 @@ def top_up(
     """Make the trials the study has room for now; returns their job ids (sent to their
     queue once committed). Ends the study once its last trial has ended."""
     settings = settings or get_settings()
-    made: list[tuple[str, str]] = []
+    made: list[tuple[str, str, datetime | None]] = []
     try:
         with _transaction(sessions) as session:
             study = session.get(Study, study_id)
@@ -283,13 +288,13 @@ def top_up(
                 if point is None:
                     break
                 job = _make_trial(session, study, number, point)
-                made.append((job.id, job.queue))
+                made.append((job.id, job.queue, job.unsent_since))
                 records.append(TrialRecord(number, job.id, job.status, point, {}, None))
     except IntegrityError:
         # Another top-up made these trial numbers first: nothing to do.
         log.info("study %s: a concurrent top-up made the trials", study_id)
         return []
-    for job_id, queue in made:
+    for job_id, queue, unsent_since in made:
         try:
             send(job_id, queue)
         except Exception as exc:  # noqa: BLE001 - any broker failure: the trial fails
@@ -299,7 +304,9 @@ def top_up(
                 job = session.get_one(Job, job_id)
                 if job.status == JobStatus.QUEUED:
                     job.status, job.error, job.finished_at = JobStatus.FAILED, message, utcnow()
-    return [job_id for job_id, _ in made]
+        else:
+            outbox.mark_sent(lambda: _transaction(sessions), job_id, unsent_since)
+    return [job_id for job_id, _, _ in made]
 
 
 def _make_trial(session: Session, study: Study, number: int, point: dict[str, Any]) -> Job:
@@ -343,6 +350,8 @@ def _make_trial(session: Session, study: Study, number: int, point: dict[str, An
         )
     session.add(job)
     session.flush()
+    if error is not None:
+        webhooks.record(session, job)  # made failed: its status event
     session.add(
         StudyTrial(
             study_id=study.id,

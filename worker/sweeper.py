@@ -4,7 +4,13 @@ Redis gives an unacknowledged task back only after its visibility timeout (an ho
 default, so that long jobs are not delivered twice), so the service does not wait for it: a
 job marked running whose heartbeat is older than the lease timeout has lost its worker, and
 is sent to its queue again, to resume from its last checkpoint. A job already started
-max_attempts times is failed instead, and a job whose cancel was asked for is cancelled.
+max_attempts times is failed instead, and a job whose cancel was asked for is cancelled
+(each end records the job's status event, with the change: store/webhooks.py).
+
+It sends again the jobs queued whose task message is not recorded as sent
+``resend_grace_seconds`` after they were queued: their sender died between the commit and
+the send (store/outbox.py). Taking such a job is a compare-and-set on its ``unsent_since``,
+so one sweeper sends it; should that one die too, the job is sent after another grace.
 
 It also tops up the running studies (``studies.sweep``): a study whose worker died between
 one trial's end and the next trial's making gets that trial at the next pass, and a study
@@ -26,6 +32,7 @@ from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from descent.settings import Settings
+from store import outbox, webhooks
 from store.models import Job, JobStatus
 from worker import studies
 from worker.runner import WORKER_LOST, _cancel_stop, _failed_values, _finish_values
@@ -36,11 +43,49 @@ Send = Callable[[str, str], None]  # (job id, queue)
 
 
 def sweep(sessions: sessionmaker[Session], send: Send, settings: Settings) -> list[str]:
-    """One pass: the jobs whose worker died, then the studies; returns the ids of the jobs
-    queued again."""
+    """One pass: the jobs whose worker died, the jobs queued but never sent, then the
+    studies; returns the ids of the jobs sent again (in that order)."""
     requeued = _sweep_jobs(sessions, send, settings)
+    resent = resend_unsent(sessions, send, settings)
     studies.sweep(sessions, send, settings)
-    return requeued
+    return requeued + resent
+
+
+def resend_unsent(sessions: sessionmaker[Session], send: Send, settings: Settings) -> list[str]:
+    """Send again the queued jobs not recorded as sent within the grace period; returns
+    their ids. A duplicate of a message that was sent after all is harmless."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=settings.resend_grace_seconds)
+    with sessions() as session:
+        unsent = session.execute(
+            select(Job.id, Job.queue, Job.unsent_since)
+            .where(Job.status == JobStatus.QUEUED, Job.unsent_since < cutoff)
+            .order_by(Job.unsent_since)
+        ).all()
+    resent = []
+    for job in unsent:
+        taken_at = datetime.now(UTC)
+        with sessions.begin() as session:
+            taken = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job.id,
+                    Job.status == JobStatus.QUEUED,
+                    Job.unsent_since == job.unsent_since,
+                )
+                .values(unsent_since=taken_at)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+        if not taken:
+            continue  # another sweeper took it, or it was sent, claimed or cancelled
+        try:
+            send(job.id, job.queue)
+        except Exception:
+            log.exception("job %s: could not be sent; tried again after the grace", job.id)
+            continue
+        outbox.mark_sent(sessions.begin, job.id, taken_at)
+        log.warning("job %s: queued but never sent (its sender died); sent again", job.id)
+        resent.append(job.id)
+    return resent
 
 
 def _sweep_jobs(sessions: sessionmaker[Session], send: Send, settings: Settings) -> list[str]:
@@ -54,7 +99,7 @@ def _sweep_jobs(sessions: sessionmaker[Session], send: Send, settings: Settings)
         ).all()
     requeued = []
     for job in stale:
-        requeue = False
+        requeue, queued_at = False, datetime.now(UTC)
         values: dict[str, Any]
         if job.cancel_requested:
             values = _finish_values(JobStatus.CANCELLED, stop=_cancel_stop(job.epoch))
@@ -72,25 +117,26 @@ def _sweep_jobs(sessions: sessionmaker[Session], send: Send, settings: Settings)
                 job.epoch,
             )
         else:
-            values = {"status": JobStatus.QUEUED, "worker": None, "heartbeat_at": None}
+            values = {
+                "status": JobStatus.QUEUED,
+                "worker": None,
+                "heartbeat_at": None,
+                "unsent_since": queued_at,
+            }
             requeue = True
+        unchanged = (Job.status == JobStatus.RUNNING, Job.attempt == job.attempt, stale_lease)
         with sessions.begin() as session:
-            result = session.execute(
+            if not requeue:
+                if webhooks.end_job(session, job.id, unchanged, values):
+                    log.warning("job %s: %s", job.id, values.get("error") or "cancelled")
+                continue
+            won = session.execute(
                 update(Job)
-                .where(
-                    Job.id == job.id,
-                    Job.status == JobStatus.RUNNING,
-                    Job.attempt == job.attempt,
-                    stale_lease,
-                )
+                .where(Job.id == job.id, *unchanged)
                 .values(**values)
                 .execution_options(synchronize_session=False)
-            )
-            won = bool(result.rowcount)  # type: ignore[attr-defined]
+            ).rowcount  # type: ignore[attr-defined]
         if not won:
-            continue
-        if not requeue:
-            log.warning("job %s: %s", job.id, values.get("error") or "cancelled")
             continue
         try:
             send(job.id, job.queue)
@@ -102,9 +148,10 @@ def _sweep_jobs(sessions: sessionmaker[Session], send: Send, settings: Settings)
                 session.execute(
                     update(Job)
                     .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
-                    .values(status=JobStatus.RUNNING, heartbeat_at=None)
+                    .values(status=JobStatus.RUNNING, heartbeat_at=None, unsent_since=None)
                 )
             continue
+        outbox.mark_sent(sessions.begin, job.id, queued_at)
         log.warning(
             "job %s: its worker %s was lost; queued again to resume after epoch %d",
             job.id,

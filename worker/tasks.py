@@ -14,8 +14,9 @@ from sqlalchemy import update
 
 from descent.queue import TRAIN_TASK
 from descent.settings import get_settings
+from store import outbox
 from store.db import session_scope
-from store.models import Job, JobStatus
+from store.models import Job, JobStatus, utcnow
 from worker import exports, studies, webhooks  # noqa: F401  (exports, webhooks: tasks)
 from worker.runner import (
     CONNECTION,
@@ -68,6 +69,7 @@ def hand_back(app, job_id: str, worker: str) -> None:  # type: ignore[no-untyped
         if job is None or job.worker != worker or job.status != JobStatus.RUNNING:
             return
         job.status, job.worker, job.heartbeat_at = JobStatus.QUEUED, None, None
+        job.unsent_since = queued_at = utcnow()  # until it is sent (store/outbox.py)
         job.attempt = max(0, job.attempt - 1)
         queue, epoch = job.queue, job.epoch
     stop_consuming()
@@ -79,9 +81,15 @@ def hand_back(app, job_id: str, worker: str) -> None:  # type: ignore[no-untyped
             session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.worker.is_(None))
-                .values(status=JobStatus.RUNNING, attempt=Job.attempt + 1, heartbeat_at=None)
+                .values(
+                    status=JobStatus.RUNNING,
+                    attempt=Job.attempt + 1,
+                    heartbeat_at=None,
+                    unsent_since=None,
+                )
             )
         return
+    outbox.mark_sent(session_scope, job_id, queued_at)
     log.warning("job %s: the worker is stopping; queued again to resume after epoch %d",
                 job_id, epoch)  # fmt: skip
 
@@ -113,4 +121,7 @@ def train(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
         return outcome
     countdown = backoff(self.request.retries, settings.retry_backoff_max_seconds)
     log.warning("job %s: %s; retrying in %.0f s", job_id, failure, countdown)
-    raise self.retry(exc=failure, countdown=countdown, max_retries=None)
+    retry = self.retry(exc=failure, countdown=countdown, max_retries=None, throw=False)
+    # Sent (it raises if not): a job queued again for it is no longer unsent.
+    outbox.mark_sent(session_scope, job_id, getattr(failure, "unsent_since", None))
+    raise retry

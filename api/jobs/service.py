@@ -19,6 +19,7 @@ from api.webhooks.service import notify_errors, record_status, with_default_noti
 from core.spec import JobBackbone, JobSpec, warnings
 from descent.queue import training_queue
 from descent.settings import Settings
+from store import outbox, webhooks
 from store.db import session_scope
 from store.models import Job, JobStatus, Upload, utcnow
 from store.users import active_jobs, limits_for, used_device_hours
@@ -58,7 +59,7 @@ def submit_job(
     )
     session.add(job)
     session.flush()
-    on_commit(session, partial(enqueue_job, job.id, job.queue, tasks))
+    on_commit(session, partial(enqueue_job, job.id, job.queue, tasks, job.unsent_since))
     return job
 
 
@@ -175,20 +176,26 @@ def check_limits(
     return counts
 
 
-def enqueue_job(job_id: str, queue: str, tasks: TaskQueue) -> None:
-    """Send a committed job to its queue; if the broker refuses, the job fails (503)."""
+def enqueue_job(
+    job_id: str, queue: str, tasks: TaskQueue, unsent_since: datetime | None = None
+) -> None:
+    """Send a committed job to its queue, and record it sent (store/outbox.py: should this
+    process die before that, a worker's sweeper sends it). If the broker refuses, the job
+    fails (503)."""
     try:
         tasks.send_training(job_id, queue)
     except Exception as exc:  # noqa: BLE001 - any broker failure means the job is not queued
         message = f"could not queue the job: {str(exc) or exc.__class__.__name__}"
         logger.warning("job %s: %s", job_id, message)
         with session_scope() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-                .values(status=JobStatus.FAILED, error=message, finished_at=utcnow())
+            webhooks.end_job(
+                session,
+                job_id,
+                [Job.status == JobStatus.QUEUED],
+                {"status": JobStatus.FAILED, "error": message, "finished_at": utcnow()},
             )
         raise Unavailable(message) from exc
+    outbox.mark_sent(session_scope, job_id, unsent_since)
 
 
 def get_job(session: Session, job_id: str, *, owner: str) -> Job:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,13 @@ import pytest
 import torch
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from core.spec import JobSpec
 from core.train import Trainer
 from descent.settings import Settings
 from store.artifacts import get_artifacts
-from store.db import get_sessionmaker, session_scope
+from store.db import get_sessionmaker, make_engine, session_scope
 from store.models import Checkpoint, Job, JobStatus, utcnow
 from store.users import create_user, set_limits
 from tests.conftest import migrated
@@ -250,6 +252,7 @@ def test_a_preempted_job_stops_at_its_next_step_and_is_handed_back(
     assert sent == [("training.run", [job_id], "cpu")]
     job = job_row(job_id)
     assert job.status == "queued" and job.worker is None and job.heartbeat_at is None
+    assert job.unsent_since is None  # its message recorded as sent: never sent again
     assert job.attempt == 0 and job.epoch == 3 and sorted(stored_metrics(job_id)) == [1, 2, 3]
     monkeypatch.undo()
     assert run_job(job_id, worker="w/2") == "succeeded"
@@ -377,6 +380,99 @@ def test_a_failed_send_leaves_the_job_for_the_next_sweep(fast_lease: Settings) -
     assert sweep(get_sessionmaker(), broker_down, fast_lease) == []
     assert job_row(job_id).status == "running"
     assert sweep(get_sessionmaker(), lambda *a: None, fast_lease) == [job_id]
+
+
+# ------------------------------------------------------------------ queued, never sent
+
+
+def with_grace(settings: Settings, seconds: float) -> Settings:
+    return settings.model_copy(update={"resend_grace_seconds": seconds})
+
+
+def test_a_job_committed_but_never_sent_is_sent_by_one_sweep_after_the_grace(
+    db_env: Settings,
+) -> None:
+    """The job's row is committed as queued, and its sender dies before sending it. No
+    sweep sends it within the grace; after it, two sweepers at once send it once, later
+    sweeps never again, and the job runs once (the original message, had it gone out after
+    all, does nothing)."""
+    grace = scaled(1.0)
+    settings = with_grace(db_env, grace)
+    committed = time.time()
+    job_id = make_job(SPEC)
+    sent: list[tuple[str, str, float]] = []
+
+    def send(job: str, queue: str) -> None:
+        sent.append((job, queue, time.time()))
+
+    engines = [make_engine(db_env.database_url, pooled=False) for _ in range(2)]
+    sessions = [sessionmaker(engine) for engine in engines]
+    assert sweep(sessions[0], send, settings) == [] and sent == []  # within the grace
+    assert job_row(job_id).unsent_since is not None and job_row(job_id).status == "queued"
+    wait_for("the grace to pass", lambda: time.time() > committed + grace, 10 + grace)
+    start = threading.Barrier(2)
+    found: list[list[str]] = []
+
+    def one(made: sessionmaker[Session]) -> None:
+        start.wait(timeout=10)
+        found.append(sweep(made, send, settings))
+
+    threads = [threading.Thread(target=one, args=(made,)) for made in sessions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(found, key=len) == [[], [job_id]]
+    assert [(job, queue) for job, queue, _ in sent] == [(job_id, "cpu")]
+    assert sent[0][2] - committed >= grace  # not before the grace
+    assert job_row(job_id).unsent_since is None
+    assert sweep(sessions[0], send, with_grace(db_env, 0)) == [] and len(sent) == 1
+    for engine in engines:
+        engine.dispose()
+    assert run_job(job_id, worker="w/1") == "succeeded"
+    assert run_job(job_id, worker="w/2") == "skipped"  # the original message, late
+    job = job_row(job_id)
+    assert job.attempt == 1 and sorted(stored_metrics(job_id)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_job_sent_as_usual_is_never_sent_again(fast_lease: Settings) -> None:
+    """Each sender records its send: a job submitted through the API, one queued again by
+    the sweeper and one whose broker was down for the sweeper's resend; with no grace at
+    all, no sweep sends any of them again."""
+    from api.jobs.service import enqueue_job
+
+    class Tasks:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def send_training(self, job_id: str, queue: str) -> None:
+            self.sent.append(job_id)
+
+    submitted, dead, refused = (make_job(SPEC) for _ in range(3))
+    tasks = Tasks()
+    enqueue_job(submitted, "cpu", tasks, job_row(submitted).unsent_since)  # type: ignore[arg-type]
+    assert tasks.sent == [submitted] and job_row(submitted).unsent_since is None
+    take_lease(dead, "gone/1")
+    expire_lease(dead)
+    sent: list[str] = []
+    sessions = get_sessionmaker()
+    assert sweep(sessions, lambda job, queue: sent.append(job), fast_lease) == [dead]
+    assert job_row(dead).unsent_since is None
+
+    def broker_down(job_id: str, queue: str) -> None:
+        raise ConnectionError("broker down")
+
+    # The resend's broker is down: the job stays unsent, and the next sweep sends it.
+    assert sweep(sessions, broker_down, with_grace(fast_lease, 0)) == []
+    assert job_row(refused).unsent_since is not None
+    assert sweep(sessions, lambda job, queue: sent.append(job), with_grace(fast_lease, 0)) == [
+        refused
+    ]
+    assert sent == [dead, refused]
+    for _ in range(2):
+        assert sweep(sessions, lambda job, queue: sent.append(job), with_grace(fast_lease, 0)) == []
+    assert sent == [dead, refused] and tasks.sent == [submitted]
+    assert {job_row(j).status for j in (submitted, dead, refused)} == {"queued"}
 
 
 # ------------------------------------------------------------------ kill during a write

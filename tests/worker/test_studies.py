@@ -14,6 +14,7 @@ from descent.settings import Settings
 from store.db import make_engine, session_scope
 from store.models import Job, Study, StudyTrial, utcnow
 from tests.api.builders import make_job, make_user
+from tests.timing import scaled, wait_for
 from worker import studies
 from worker.runner import run_job
 from worker.sweeper import sweep
@@ -376,3 +377,53 @@ def test_concurrent_sweeps_make_each_trial_once(db_env: Settings, owner_row: boo
     with session_scope() as session:
         lrs = [session.get_one(Job, t.job_id).spec["optimizer"]["lr"] for t in trials(study_id)]
     assert sorted(lrs) == [0.01 * (i + 1) for i in range(8)]
+
+
+class Killed(BaseException):
+    """The process dies (SIGKILL) between a trial's commit and its send."""
+
+
+def test_a_trial_committed_but_never_sent_is_sent_after_the_grace_and_run_once(
+    db_env: Settings,
+) -> None:
+    """Both trials of parallelism 2 are committed, and the top-up dies before sending them:
+    they hold both places, so no sweep makes more; within the grace none is sent, after it
+    a sweep sends each once, each runs once, and the study goes on to its end."""
+    make_user()
+    study_id = make_study({"optimizer.lr": {"choice": [0.01, 0.02, 0.03]}}, algorithm="grid",
+                          max_trials=3, parallelism=2)  # fmt: skip
+
+    def dies(job_id: str, queue: str) -> None:
+        raise Killed
+
+    with pytest.raises(Killed):
+        studies.top_up(study_id, dies, db_env)
+    made = [t.job_id for t in trials(study_id)]
+    assert study_state(study_id) == ("running", [0, 1], 2)
+    grace = scaled(1.0)
+    settings = db_env.model_copy(update={"resend_grace_seconds": grace})
+    sessions = sessionmaker(make_engine(db_env.database_url, pooled=False))
+    sent: list[str] = []
+
+    def send(job_id: str, queue: str) -> None:
+        sent.append(job_id)
+
+    assert sweep(sessions, send, settings) == [] and sent == []  # within the grace
+    assert study_state(study_id) == ("running", [0, 1], 2)
+    resent = wait_for("the unsent trials sent", lambda: sweep(sessions, send, settings), 10)
+    assert sorted(resent) == sorted(sent) == sorted(made)
+    assert sweep(sessions, send, settings) == [] and len(sent) == 2  # once each
+    for job_id in made:
+        assert run_job(job_id, worker="w/1") == "succeeded"
+        assert run_job(job_id, worker="w/2") == "skipped"  # a late first message
+    assert sweep(sessions, send, settings) == []  # makes the third trial, sent as usual
+    third = trials(study_id)[2].job_id
+    assert study_state(study_id) == ("running", [0, 1, 2], 1) and sent[2:] == [third]
+    assert sweep(sessions, send, settings.model_copy(update={"resend_grace_seconds": 0})) == []
+    assert run_job(third, worker="w/1") == "succeeded"
+    sweep(sessions, send, settings)
+    assert study_state(study_id) == ("completed", [0, 1, 2], 0) and len(sent) == 3
+    with session_scope() as session:
+        attempts = [session.get_one(Job, t.job_id).attempt for t in trials(study_id)]
+    assert attempts == [1, 1, 1]
+    sessions.kw["bind"].dispose()

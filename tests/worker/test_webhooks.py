@@ -3,7 +3,7 @@
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -13,12 +13,13 @@ from sqlalchemy import select
 
 from descent.settings import Settings, get_settings
 from store import webhooks
-from store.db import session_scope
-from store.models import Job, Metric, WebhookDelivery
+from store.db import get_sessionmaker, session_scope
+from store.models import Job, Metric, WebhookDelivery, utcnow
 from tests.api.builders import make_user
 from tests.timing import wait_for
 from tests.worker.test_runner import SPEC, make_job
 from worker.runner import run_job
+from worker.sweeper import sweep
 from worker.webhooks import deliver
 
 
@@ -333,3 +334,87 @@ def test_a_claim_outlived_is_posted_again_and_the_late_answer_is_dropped(
     assert _record(row.id, 1, 500, "answered 500", settings) is None
     [after] = rows(job_id)
     assert (after.status, after.attempts, after.history) == ("delivered", 2, row.history)
+
+
+# ---------------------------------------------------------------------------- plain endings
+
+LOST = {"status": "running", "worker": "gone/1", "heartbeat_at": utcnow().replace(year=2000)}
+
+
+def claimed_again(job_id: str, settings: Settings) -> None:
+    """A delivery of the job (its message redelivered, or sent again by a sweeper)."""
+    assert run_job(job_id, worker="w/2", settings=settings) == "skipped"
+
+
+def swept(job_id: str, settings: Settings) -> None:
+    assert sweep(get_sessionmaker(), lambda *sent: pytest.fail(f"sent {sent}"), settings) == []
+
+
+def refused_by_the_broker(job_id: str, settings: Settings) -> None:
+    from api.errors import Unavailable
+    from api.jobs.service import enqueue_job
+
+    class DownBroker:
+        def send_training(self, job_id: str, queue: str) -> None:
+            raise ConnectionError("the broker is down")
+
+    with pytest.raises(Unavailable):
+        enqueue_job(job_id, "cpu", DownBroker())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("fields", "retry_failures", "end", "status", "failure"),
+    [
+        ({**LOST, "attempt": 1, "cancel_requested": True}, None, claimed_again, "cancelled", None),
+        ({**LOST, "attempt": 3}, None, claimed_again, "failed", "worker_lost"),
+        ({**LOST, "attempt": 1}, "connection", claimed_again, "failed", "worker_lost"),
+        ({**LOST, "attempt": 1, "cancel_requested": True}, None, swept, "cancelled", None),
+        ({**LOST, "attempt": 3}, None, swept, "failed", "worker_lost"),
+        ({**LOST, "attempt": 1}, "connection", swept, "failed", "worker_lost"),
+        ({}, None, refused_by_the_broker, "failed", None),
+    ],
+    ids=[
+        "claim-cancel-flag",
+        "claim-out-of-attempts",
+        "claim-lost-not-retried",
+        "sweep-cancel-flag",
+        "sweep-out-of-attempts",
+        "sweep-lost-not-retried",
+        "send-refused",
+    ],
+)
+def test_a_job_ended_by_a_plain_update_records_its_status_event_once(
+    db_env: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    fields: dict[str, Any],
+    retry_failures: str | None,
+    end: Callable[[str, Settings], None],
+    status: str,
+    failure: str | None,
+) -> None:
+    """Ended by a compare-and-set UPDATE (not through the ORM): exactly one ``status``
+    event with the terminal status, its delivery task sent once that is committed; the
+    same ending run again records none."""
+    settings = db_env
+    if retry_failures is not None:
+        settings = db_env.model_copy(update={"retry_failures": retry_failures})
+    job_id = make_job({**SPEC, "notify": {"url": "https://hooks.example.org/x"}}, **fields)
+    notified: list[tuple[list[str], int]] = []
+
+    def notifier(job_ids: Iterable[str]) -> None:
+        notified.append((list(job_ids), len(rows(job_id))))  # read from another session
+
+    monkeypatch.setattr(webhooks, "_notifier", notifier)
+    for _ in range(2):
+        end(job_id, settings)
+    assert notified == [([job_id], 1)]  # after the commit: the event is there to read
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        assert job.status == status
+    (row,) = rows(job_id)
+    data = row.payload["data"]
+    assert (row.seq, row.event, row.status, data["status"]) == (1, "status", "pending", status)
+    assert data["stop"] == job.stop and data["error"] == job.error
+    if job.stop is not None:
+        assert job.stop.get("failure") == failure
+    assert (data["error"] is not None) == (status == "failed")
