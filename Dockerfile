@@ -19,12 +19,10 @@ RUN useradd --create-home --uid 1000 descent \
     && chown descent:descent /data /artifacts /torch-cache
 WORKDIR /app
 
-# pyproject.toml's dependencies and the client's (client/pyproject.toml), but torch and
-# torchvision (only the worker has them) and the client itself (installed from ./client).
-COPY pyproject.toml .
-COPY client/pyproject.toml client/
-RUN python -c "import tomllib; deps = [d for f in ('pyproject.toml', 'client/pyproject.toml') for d in tomllib.load(open(f, 'rb'))['project']['dependencies']]; print('\n'.join(d for d in deps if not d.startswith(('torch', 'descent-client'))))" > requirements.txt \
-    && pip install -r requirements.txt
+# The exact versions of requirements-api.lock (`make lock` makes it from requirements.lock:
+# the runtime dependencies without torch and torchvision, every file's sha256 checked).
+COPY requirements-api.lock requirements-worker.lock ./
+RUN pip install -r requirements-api.lock
 
 
 FROM base AS api
@@ -36,8 +34,8 @@ CMD ["descent", "api", "--host", "0.0.0.0", "--port", "8000"]
 
 
 FROM base AS worker
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if d.startswith('torch')))" > requirements-torch.txt \
-    && pip install -r requirements-torch.txt
+# The same versions, and torch and torchvision with what they need (requirements-worker.lock).
+RUN pip install -r requirements-worker.lock
 COPY . .
 RUN pip install --no-deps -e ./client -e .
 USER descent
