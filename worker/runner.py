@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import torch
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -304,6 +304,8 @@ class WorkerHooks(TrainerHooks):
         self._mark = time.monotonic()
         # Checkpoints on the spec's cadence, written off the training thread (worker/writer.py).
         self.cadence: Cadence | None = None
+        # Set once this attempt's first epoch has cleared what earlier attempts wrote past it.
+        self._redo_cleared = False
         self.writer = CheckpointWriter(f"checkpoints-{job.id}")
 
     def limit_runtime(self, max_runtime: float | None, runtime: float, epoch: int) -> None:
@@ -349,24 +351,32 @@ class WorkerHooks(TrainerHooks):
         seconds = time.monotonic() - self._mark
         self._mark = time.monotonic()
         with session_scope() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                # Not waited for on disk: a database crash loses at most the last moments'
+                # epochs, which a resume redoes from the last checkpoint anyway (whose row
+                # is committed durably, on the writer thread).
+                session.execute(text("SET LOCAL synchronous_commit = off"))
             job = session.get_one(Job, self.job_id, with_for_update=True)
             if job.worker != self.lease.worker or job.status != JobStatus.RUNNING:
                 raise LeaseLost(self.job_id)  # rolls the epoch back: the new holder redoes it
-            # Redoing an epoch (after a resume) replaces what an earlier attempt wrote of it.
-            session.execute(
-                delete(Metric).where(Metric.job_id == self.job_id, Metric.epoch >= record.epoch)
-            )
-            stale = list(
-                session.scalars(
-                    select(Checkpoint).where(
-                        Checkpoint.job_id == self.job_id, Checkpoint.epoch >= record.epoch
+            stale: list[Checkpoint] = []
+            if not self._redo_cleared:
+                # This attempt's first epoch: it replaces what an earlier attempt wrote of it
+                # and of every later epoch (a resume redoes the epochs after its checkpoint).
+                session.execute(
+                    delete(Metric).where(Metric.job_id == self.job_id, Metric.epoch >= record.epoch)
+                )
+                stale = list(
+                    session.scalars(
+                        select(Checkpoint).where(
+                            Checkpoint.job_id == self.job_id, Checkpoint.epoch >= record.epoch
+                        )
                     )
                 )
-            )
-            for row in stale:
-                session.delete(row)
-                if job.best_checkpoint_id == row.id:
-                    job.best_checkpoint_id = None  # this run writes it again, if still best
+                for row in stale:
+                    session.delete(row)
+                    if job.best_checkpoint_id == row.id:
+                        job.best_checkpoint_id = None  # this run writes it again, if still best
             session.add_all(
                 Metric(
                     job_id=self.job_id, epoch=record.epoch, step=0, name=name, value=finite(value)
@@ -396,6 +406,7 @@ class WorkerHooks(TrainerHooks):
                 self.pruned = studies.prune(
                     session, self.job_id, record.epoch, trainer.spec.training.epochs
                 )
+        self._redo_cleared = True
         self._delete_files(stale)
         if self.cadence is None:
             self.cadence = Cadence(trainer.spec.checkpoints, trainer.spec.training.epochs)
