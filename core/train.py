@@ -1075,17 +1075,21 @@ class CheckpointSnapshot:
     metadata: dict[str, str]
     state: dict[str, Any]
 
-    def encode(self) -> tuple[bytes, bytes]:
-        """The two files' contents: the weights (safetensors) and the resume state."""
-        return safetensors.torch.save(self.weights, metadata=self.metadata), state_bytes(self.state)
+    def encode_weights(self) -> bytes:
+        """The weights file's contents (safetensors, with the metadata)."""
+        return safetensors.torch.save(self.weights, metadata=self.metadata)
+
+    def encode_state(self) -> bytes:
+        """The resume state file's contents."""
+        return state_bytes(self.state)
 
     def save(self, directory: Path, stem: str) -> CheckpointFiles:
         """<stem>.safetensors and <stem>.state.pt, each written atomically and fsynced."""
         weights_path = directory / f"{stem}{WEIGHTS_SUFFIX}"
         state_path = directory / f"{stem}{STATE_SUFFIX}"
-        weights, state = self.encode()
+        weights = self.encode_weights()
         atomic_write(weights_path, weights)
-        atomic_write(state_path, state)
+        atomic_write(state_path, self.encode_state())
         return CheckpointFiles(
             weights_path, state_path, len(weights), hashlib.sha256(weights).hexdigest()
         )

@@ -17,7 +17,6 @@ attempt; the others fail the job at once with their reason. A job is started at 
 ``settings.max_attempts`` times.
 """
 
-import hashlib
 import logging
 import math
 import os
@@ -32,7 +31,6 @@ from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from core.checkpoint import STATE_SUFFIX, WEIGHTS_SUFFIX
 from core.distributed import RankDied
 from core.errors import NonFiniteLoss, TrainingError
 from core.resources import Resources
@@ -47,7 +45,7 @@ from store.models import Checkpoint, Job, JobStatus, Metric
 from store.users import limits_for, used_device_hours
 from worker import studies
 from worker.resources import job_resources
-from worker.writer import Cadence, CheckpointWriter, Snapshot, snapshot
+from worker.writer import Cadence, CheckpointWriter, Snapshot, snapshot, store_files
 
 log = logging.getLogger(__name__)
 
@@ -420,11 +418,8 @@ class WorkerHooks(TrainerHooks):
         """On the writer thread: the files, stored, then the row that makes them durable."""
         # The attempt in the name: a worker presumed dead never overwrites the new run's files.
         stem = f"{self.job_id}/epoch-{snap.epoch:05d}-{self.attempt}"
-        weights, state = snap.contents.encode()
-        sha256 = hashlib.sha256(weights).hexdigest()
         # Stored (in the folder, fsynced; or uploaded from memory) before its row names it.
-        weights_key = self.artifacts.write(f"{stem}{WEIGHTS_SUFFIX}", weights, sha256)
-        state_key = self.artifacts.write(f"{stem}{STATE_SUFFIX}", state)
+        files = store_files(self.artifacts, stem, snap.contents)
         with session_scope() as session:
             job = session.get_one(Job, self.job_id, with_for_update=True)
             if job.worker != self.lease.worker or job.status != JobStatus.RUNNING:
@@ -433,10 +428,10 @@ class WorkerHooks(TrainerHooks):
                 job_id=self.job_id,
                 epoch=snap.epoch,
                 value=finite(snap.value),
-                weights_path=weights_key,
-                state_path=state_key,
-                bytes=len(weights),
-                sha256=sha256,
+                weights_path=files.weights_key,
+                state_path=files.state_key,
+                bytes=files.bytes,
+                sha256=files.sha256,
             )
             session.add(checkpoint)
             session.flush()

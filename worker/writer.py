@@ -17,6 +17,7 @@ flight is never deleted; a crash before the commit leaves files no row names, wh
 next run sweeps.
 """
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -24,9 +25,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from core.checkpoint import STATE_SUFFIX, WEIGHTS_SUFFIX
 from core.results import EpochRecord
 from core.spec import CheckpointSpec
 from core.train import CheckpointSnapshot, Trainer
+from store.artifacts import Artifacts
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,25 @@ class Snapshot:
     value: float | None  # the monitored metric at this epoch
     is_best: bool
     contents: CheckpointSnapshot
+
+
+@dataclass
+class StoredFiles:
+    weights_key: str
+    state_key: str
+    bytes: int  # of the weights file
+    sha256: str  # of the weights file
+
+
+def store_files(artifacts: Artifacts, stem: str, contents: CheckpointSnapshot) -> StoredFiles:
+    """A checkpoint's two files stored under the key ``stem`` (``Artifacts.write``): the
+    weights go up as soon as they are encoded, while the resume state is encoded and stored."""
+    weights = contents.encode_weights()
+    sha256 = hashlib.sha256(weights).hexdigest()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="weights") as pool:
+        stored = pool.submit(artifacts.write, f"{stem}{WEIGHTS_SUFFIX}", weights, sha256)
+        state_key = artifacts.write(f"{stem}{STATE_SUFFIX}", contents.encode_state())
+        return StoredFiles(stored.result(), state_key, len(weights), sha256)
 
 
 def snapshot(trainer: Trainer, record: EpochRecord) -> Snapshot:
