@@ -39,7 +39,7 @@ EXCLUDED = [
     schemathesis.checks.positive_data_acceptance,
     schemathesis.checks.negative_data_rejection,
 ]
-EXAMPLES = 25  # per operation and generation mode
+EXAMPLES = 15  # per operation and generation mode (derandomized: the same cases every run)
 
 
 @pytest.mark.timeout(300)

@@ -263,7 +263,11 @@ def test_a_killed_worker_is_replaced_and_the_job_resumes(
         assert final["status"] == "succeeded" and final["attempt"] == 2, final
         worst = assert_same_metrics(stack, job["id"], reference, 1e-6)
         assert "queued again to resume" in stack.log("worker-new")
-        assert f"resumes after epoch {killed_at}" in stack.log("worker-new")
+        # The last committed epoch's checkpoint may have been in flight on the writer thread
+        # at the kill: then the one before it is the last durable one.
+        resumed = [e for e in (killed_at, killed_at - 1) if f"resumes after epoch {e}\n" in
+                   stack.log("worker-new")]  # fmt: skip
+        assert resumed, stack.log("worker-new")
         log.info("worker killed after epoch %d: largest metric gap %.2e", killed_at, worst)
     finally:
         kill(second)
