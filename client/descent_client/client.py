@@ -174,21 +174,27 @@ class DescentClient:
         job: Job = self._request("GET", f"/v1/jobs/{job_id}").json()
         return job
 
-    def jobs(self, status: str | None = None, limit: int | None = None) -> list[Job]:
-        """Jobs, newest first, following the cursor (at most ``limit`` of them)."""
-        out: list[Job] = []
+    def _pages(
+        self, path: str, params: dict[str, Any], limit: int | None, page_size: int
+    ) -> list[Any]:
+        """The items of a cursor-paged list, page after page (at most ``limit`` of them);
+        empty parameters are not sent."""
+        out: list[Any] = []
         cursor: str | None = None
         while True:
-            params: dict[str, Any] = {"limit": min(200, limit - len(out)) if limit else 200}
-            if status:
-                params["status"] = status
+            query = {k: v for k, v in params.items() if v}
+            query["limit"] = min(page_size, limit - len(out)) if limit else page_size
             if cursor:
-                params["cursor"] = cursor
-            page = self._request("GET", "/v1/jobs", params=params).json()
+                query["cursor"] = cursor
+            page = self._request("GET", path, params=query).json()
             out += page["items"]
             cursor = page["next"]
             if cursor is None or (limit is not None and len(out) >= limit):
                 return out
+
+    def jobs(self, status: str | None = None, limit: int | None = None) -> list[Job]:
+        """Jobs, newest first, following the cursor (at most ``limit`` of them)."""
+        return self._pages("/v1/jobs", {"status": status}, limit, page_size=200)
 
     def cancel(self, job_id: str) -> Job:
         job: Job = self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
@@ -462,35 +468,14 @@ class DescentClient:
 
     def studies(self, limit: int | None = None) -> list[Study]:
         """Studies, newest first, following the cursor (at most ``limit`` of them)."""
-        out: list[Study] = []
-        cursor: str | None = None
-        while True:
-            params: dict[str, Any] = {"limit": min(200, limit - len(out)) if limit else 200}
-            if cursor:
-                params["cursor"] = cursor
-            page = self._request("GET", "/v1/studies", params=params).json()
-            out += page["items"]
-            cursor = page["next"]
-            if cursor is None or (limit is not None and len(out) >= limit):
-                return out
+        return self._pages("/v1/studies", {}, limit, page_size=200)
 
     def trials(self, study_id: str, sort: str = "number", status: str | None = None) -> list[Trial]:
         """Every trial of the study: ``sort`` is number, -number, objective (best first)
         or -objective; ``status`` one of queued, running, succeeded, pruned, failed,
         cancelled."""
-        out: list[Trial] = []
-        cursor: str | None = None
-        while True:
-            params: dict[str, Any] = {"sort": sort, "limit": 1000}
-            if status:
-                params["status"] = status
-            if cursor:
-                params["cursor"] = cursor
-            page = self._request("GET", f"/v1/studies/{study_id}/trials", params=params).json()
-            out += page["items"]
-            cursor = page["next"]
-            if cursor is None:
-                return out
+        params = {"sort": sort, "status": status}
+        return self._pages(f"/v1/studies/{study_id}/trials", params, None, page_size=1000)
 
     def cancel_study(self, study_id: str) -> Study:
         """Make no more trials; cancel the queued ones and stop the running ones."""
