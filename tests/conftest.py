@@ -6,14 +6,24 @@ fail instead under CI=true, where they must be there.
 """
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from descent.settings import Settings, get_settings
-from tests.databases import throwaway_postgres, throwaway_redis_prefix
+# One torch (OpenMP) thread per process, in this process and every service, worker and rank
+# the tests start (they inherit the environment), unless OMP_NUM_THREADS says otherwise. The
+# tests run several torch processes at once on a few cores: at torch's default (a thread per
+# core each) their threads spin waiting for each other, and a small MLP's epoch took 20 times
+# longer on 2 busy cores. Results compared bit for bit are computed at the same thread count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file: the variable came too late for it
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+from descent.settings import Settings, get_settings  # noqa: E402
+from tests.databases import throwaway_postgres, throwaway_redis_prefix  # noqa: E402
 
 ON_CI = os.environ.get("CI") == "true"
 PG_ADMIN_URL = os.environ.get(
