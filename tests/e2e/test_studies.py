@@ -152,10 +152,15 @@ def test_a_study_survives_its_worker_and_then_the_whole_service_killed(serve: Se
         "dataset": {"name": "digits", "val_fraction": 0.2, "seed": 0},
         "model": {"arch": "mlp", "hidden": [16]},
         "optimizer": {"name": "adam", "lr": 0.005},
-        # Each trial trains a few seconds (scaled), then ends a success: killed at epoch 2
-        # it cannot have ended.
-        "training": {"epochs": 10_000, "batch_size": 64, "seed": 0, "device": "cpu",
-                     "max_runtime_seconds": scaled(3)},  # fmt: skip
+        # Each trial trains two seconds (scaled), then ends a success: killed at epoch 2 (a
+        # few tenths of a second in) it cannot have ended.
+        "training": {
+            "epochs": 10_000,
+            "batch_size": 64,
+            "seed": 0,
+            "device": "cpu",
+            "max_runtime_seconds": scaled(2),
+        },
         "checkpoints": {"keep_top_k": 1},
     }
     body = {

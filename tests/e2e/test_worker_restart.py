@@ -27,8 +27,9 @@ NEXT_JOB: dict[str, Any] = {
 
 
 def long_job() -> dict[str, Any]:
-    """Trains until its training time (over all its attempts) passes a few seconds, scaled
-    with the machine: killed at epoch 2, it cannot have ended, and it ends a success."""
+    """Trains until its training time (over all its attempts) passes two seconds, scaled
+    with the machine: killed at epoch 2 (a few tenths of a second in), it cannot have ended,
+    and it ends a success."""
     return {
         "name": "killed",
         "dataset": {"name": "digits", "val_fraction": 0.2, "seed": 0},
@@ -39,10 +40,11 @@ def long_job() -> dict[str, Any]:
             "batch_size": 64,
             "seed": 1,
             "device": "cpu",
-            "max_runtime_seconds": scaled(4),
+            "max_runtime_seconds": scaled(2),
         },
         "checkpoints": {"keep_top_k": 1},
     }
+
 
 STOPPED = "the worker stopped (killed by SIGKILL); starting it again in"
 
