@@ -164,14 +164,14 @@ def _rank(
                 hooks.start_clock()
             result = trainer.train()
             if rank == 0:
-                hooks.writer.wait()  # the last checkpoint is durable before the job ends
+                hooks.finish()  # every epoch committed, the last checkpoint durable
         except BaseException:
             if rank == 0:
-                hooks.writer.drain()  # a checkpoint handed off is kept: a retry resumes from it
+                hooks.abandon()  # a checkpoint handed off is kept: a retry resumes from it
             raise
         finally:
             if rank == 0:
-                hooks.writer.close()
+                hooks.close()
     finally:
         dist.destroy_process_group()
     if rank != 0:

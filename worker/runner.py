@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import torch
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import case, delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -45,11 +45,20 @@ from store.models import Checkpoint, Job, JobStatus, Metric
 from store.users import limits_for, used_device_hours
 from worker import studies
 from worker.resources import job_resources
-from worker.writer import Cadence, CheckpointWriter, Snapshot, snapshot, store_files
+from worker.writer import (
+    Background,
+    Cadence,
+    CheckpointWriter,
+    Snapshot,
+    snapshot,
+    store_files,
+)
 
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_EVERY = 0.2
+# How often a running job checks its owner's compute budget (device_hours), at most.
+BUDGET_CHECK_SECONDS = 5.0
 # Set when the worker is asked to stop (SIGTERM: a redeploy, a spot or preemptible machine
 # taken back; see worker/app.py): the running job stops at its next step, and the task hands
 # it back to the queue to resume from its last checkpoint on another worker.
@@ -279,6 +288,14 @@ class Lease(threading.Thread):
                 log.exception("lease update for job %s failed", self.job_id)
 
 
+@dataclass
+class EpochItem:
+    """An epoch handed to the recorder: its record and its time on the training thread."""
+
+    record: EpochRecord
+    seconds: float
+
+
 class WorkerHooks(TrainerHooks):
     def __init__(
         self,
@@ -293,23 +310,36 @@ class WorkerHooks(TrainerHooks):
         self.lease, self.artifacts, self.keep_top_k = lease, artifacts, keep_top_k
         self.settings = settings
         self.budget_used_up: str | None = None
-        # training.max_runtime_seconds: the job's own limit, over all its attempts.
+        # training.max_runtime_seconds: the job's own limit, over all its attempts, counted
+        # on the training thread (runtime: the job's training time so far).
         self.max_runtime: float | None = None
+        self.runtime = 0.0
         self.runtime_used_up: str | None = None
         # A study's trial: the pruner's decision (the job's stop) once it prunes the trial.
         self.trial = False
         self.pruned: dict[str, Any] | None = None
+        self.total_epochs = 0  # the spec's training.epochs, for the pruner
+        self.best_events = False  # the job's webhooks want an event for each new best
+        # What the recorder's commits found (a used-up budget, a pruning): acted on at the
+        # end of the training thread's next epoch, never in the middle of one.
+        self._found_budget: str | None = None
+        self._found_pruned: dict[str, Any] | None = None
+        self._budget_checked = -math.inf
         self._mark = time.monotonic()
-        # Checkpoints on the spec's cadence, written off the training thread (worker/writer.py).
+        # Checkpoints on the spec's cadence (worker/writer.py).
         self.cadence: Cadence | None = None
-        # Set once this attempt's first epoch has cleared what earlier attempts wrote past it.
+        # Set once this attempt's first commit has cleared what earlier attempts wrote past it.
         self._redo_cleared = False
-        self.writer = CheckpointWriter(f"checkpoints-{job.id}")
+        # The epochs' records and the checkpoints, each on a thread of its own.
+        self.recorder: Background[EpochItem] = Background(
+            f"epochs-{job.id}", self._commit_epochs, batch=True
+        )
+        self.writer = CheckpointWriter(f"checkpoints-{job.id}", self._store_checkpoint)
 
     def limit_runtime(self, max_runtime: float | None, runtime: float, epoch: int) -> None:
         """Stop after the epoch in which the job's training time passes max_runtime
         (checked at the start too: a resumed job may have used its time already)."""
-        self.max_runtime = max_runtime
+        self.max_runtime, self.runtime = max_runtime, runtime
         self._check_runtime(runtime, epoch)
 
     def _check_runtime(self, runtime: float, epoch: int) -> None:
@@ -342,84 +372,169 @@ class WorkerHooks(TrainerHooks):
         self._mark = time.monotonic()
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
-        """The epoch's metrics and the job's progress in one short transaction; then, when
-        the cadence says so, a snapshot of the state handed to the writer thread."""
+        """Hand the epoch's record to the recorder and, when the cadence says so, a snapshot
+        of the state to the writer; training goes on while they commit and store.
+
+        A study's trial waits for its epoch's commit, where the pruner decides, so that a
+        pruned trial stops after exactly that epoch. Other jobs act on what the commits
+        found (a used-up budget) at their next epoch's end."""
         if self.lease.lost.is_set():
             raise LeaseLost(self.job_id)
         seconds = time.monotonic() - self._mark
         self._mark = time.monotonic()
+        self.total_epochs = trainer.spec.training.epochs
+        notify = trainer.spec.notify
+        self.best_events = notify is not None and "best" in notify.events
+        self.recorder.put(EpochItem(record, seconds), record.epoch)  # raises a failed commit
+        self.runtime += seconds
+        self._check_runtime(self.runtime, record.epoch)
+        if self.trial and self.pruned is None and record.stop is None:
+            self.recorder.wait(record.epoch)
+        self._take_findings()
+        if self.cadence is None:
+            self.cadence = Cadence(trainer.spec.checkpoints, trainer.spec.training.epochs)
+        # A run about to stop (a limit, a pruner, a cancel) ends with its last epoch's checkpoint.
+        if self.cadence.due(record) or self.should_stop():
+            self.writer.put(snapshot(trainer, record), record.epoch)
+            self.cadence.written()
+
+    def _take_findings(self) -> None:
+        self.budget_used_up = self.budget_used_up or self._found_budget
+        self.pruned = self.pruned or self._found_pruned
+
+    def finish(self) -> None:
+        """Wait until every epoch is committed and the last checkpoint is durable; raises
+        what either thread failed with."""
+        self.recorder.wait()
+        self.writer.wait()
+        self._take_findings()
+
+    def abandon(self) -> None:
+        """The same for a run that ends with an error of its own: the epochs and the
+        checkpoint handed off are kept (a retry resumes from it), their errors logged."""
+        self.recorder.drain()
+        self.writer.drain()
+
+    def close(self) -> None:
+        self.recorder.close()
+        self.writer.close()
+
+    def _commit_epochs(self, items: list[EpochItem]) -> None:
+        """On the recorder thread: the epochs' metrics and the job's progress, one
+        transaction (plain statements: this runs every few milliseconds for small models)."""
+        records = [item.record for item in items]
+        last = records[-1]
+        values: dict[str, Any] = {
+            "epoch": last.epoch,
+            "last_value": finite(last.value),
+            "patience_wait": last.wait,
+            "runtime_seconds": func.coalesce(Job.runtime_seconds, 0.0)
+            + sum(item.seconds for item in items),
+            "heartbeat_at": now(),
+        }
+        if not self.best_events:
+            values.update(best_epoch=last.best_epoch, best_value=finite(last.best_value))
+        diagnoses = [r.diagnosis for r in records if r.diagnosis is not None]
+        if diagnoses:
+            values["diagnosis"] = diagnoses[-1]
+        found = (finite(r.metrics.get("peak_memory_bytes")) for r in records)
+        peaks = [peak for peak in found if peak is not None]
+        if peaks:  # CUDA only; the most over every attempt
+            peak = int(max(peaks))
+            kept = Job.peak_memory_bytes
+            values["peak_memory_bytes"] = case((kept.is_(None) | (kept < peak), peak), else_=kept)
+        # The epoch's durations, counted as they commit (store/counters.py).
+        increments: dict[str, float] = {}
+        for record in records:
+            seconds = finite(record.metrics.get("epoch_seconds"))
+            if seconds is not None:
+                for name, value in counters.epoch_increments(seconds).items():
+                    increments[name] = increments.get(name, 0.0) + value
+        stale: list[Any] = []
         with session_scope() as session:
             if session.get_bind().dialect.name == "postgresql":
                 # Not waited for on disk: a database crash loses at most the last moments'
                 # epochs, which a resume redoes from the last checkpoint anyway (whose row
                 # is committed durably, on the writer thread).
                 session.execute(text("SET LOCAL synchronous_commit = off"))
-            job = session.get_one(Job, self.job_id, with_for_update=True)
-            if job.worker != self.lease.worker or job.status != JobStatus.RUNNING:
-                raise LeaseLost(self.job_id)  # rolls the epoch back: the new holder redoes it
-            stale: list[Checkpoint] = []
+            held = session.execute(
+                update(Job)
+                .where(
+                    Job.id == self.job_id,
+                    Job.worker == self.lease.worker,
+                    Job.status == JobStatus.RUNNING,
+                )
+                .values(values)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            if not held:
+                self.lease.lost.set()
+                raise LeaseLost(self.job_id)  # rolls back: the new holder redoes the epochs
+            if self.best_events:
+                self._record_bests(session, records)
             if not self._redo_cleared:
-                # This attempt's first epoch: it replaces what an earlier attempt wrote of it
-                # and of every later epoch (a resume redoes the epochs after its checkpoint).
-                session.execute(
-                    delete(Metric).where(Metric.job_id == self.job_id, Metric.epoch >= record.epoch)
-                )
-                stale = list(
-                    session.scalars(
-                        select(Checkpoint).where(
-                            Checkpoint.job_id == self.job_id, Checkpoint.epoch >= record.epoch
-                        )
-                    )
-                )
-                for row in stale:
-                    session.delete(row)
-                    if job.best_checkpoint_id == row.id:
-                        job.best_checkpoint_id = None  # this run writes it again, if still best
-            session.add_all(
-                Metric(
-                    job_id=self.job_id, epoch=record.epoch, step=0, name=name, value=finite(value)
-                )
-                for name, value in record.metrics.items()
-            )
-            job.epoch = record.epoch
-            job.last_value = finite(record.value)
-            job.best_epoch = record.best_epoch
-            job.best_value = finite(record.best_value)
-            job.patience_wait = record.wait
-            if record.diagnosis is not None:
-                job.diagnosis = record.diagnosis
-            job.runtime_seconds = (job.runtime_seconds or 0.0) + seconds
-            peak = finite(record.metrics.get("peak_memory_bytes"))
-            if peak is not None:  # CUDA only; the most over every attempt
-                job.peak_memory_bytes = max(job.peak_memory_bytes or 0, int(peak))
-            job.heartbeat_at = now()
-            epoch_seconds = finite(record.metrics.get("epoch_seconds"))
-            if epoch_seconds is not None:
-                # Counted as it commits, and again when a resumed job redoes the epoch
-                # (store/counters.py): the scrape never reads the metrics table.
-                counters.count_epoch(session, counter_source(self.lease.worker), epoch_seconds)
+                stale = self._clear_redone(session, records[0].epoch)
+            rows = [
+                dict(job_id=self.job_id, epoch=r.epoch, step=0, name=name, value=finite(value))
+                for r in records
+                for name, value in r.metrics.items()
+            ]
+            session.execute(insert(Metric), rows)
+            counters.add(session, counter_source(self.lease.worker), increments)
             self._check_budget(session)
-            self._check_runtime(job.runtime_seconds, record.epoch)
-            if self.trial and self.pruned is None and record.stop is None:
-                self.pruned = studies.prune(
-                    session, self.job_id, record.epoch, trainer.spec.training.epochs
-                )
+            if self.trial:
+                for record in records:
+                    if self._found_pruned is None and self.pruned is None and record.stop is None:
+                        self._found_pruned = studies.prune(
+                            session, self.job_id, record.epoch, self.total_epochs
+                        )
         self._redo_cleared = True
         self._delete_files(stale)
-        if self.cadence is None:
-            self.cadence = Cadence(trainer.spec.checkpoints, trainer.spec.training.epochs)
-        # A run about to stop (a limit, a pruner, a cancel) ends with its last epoch's checkpoint.
-        if self.cadence.due(record) or self.should_stop():
-            self.writer.wait()  # one write in flight at most: one copy of the state in memory
-            self.writer.submit(self._store_checkpoint, snapshot(trainer, record))
-            self.cadence.written()
+
+    def _record_bests(self, session: Any, records: list[EpochRecord]) -> None:
+        """The job's best epoch, set for each new best of the batch with a flush each: the
+        ORM's change tracking records a ``best`` webhook event for each (store/webhooks.py)."""
+        job = session.get_one(Job, self.job_id, populate_existing=True)
+        for record in records:
+            if record.is_best:
+                job.epoch, job.best_epoch = record.epoch, record.best_epoch
+                job.best_value = finite(record.best_value)
+                session.flush()
+        last = records[-1]
+        job.epoch, job.best_epoch, job.best_value = (
+            last.epoch,
+            last.best_epoch,
+            finite(last.best_value),
+        )
+
+    def _clear_redone(self, session: Any, first: int) -> list[Any]:
+        """This attempt's first commit replaces what an earlier attempt wrote of its first
+        epoch and of every later one (a resume redoes the epochs after its checkpoint)."""
+        session.execute(delete(Metric).where(Metric.job_id == self.job_id, Metric.epoch >= first))
+        stale = session.execute(
+            select(Checkpoint.id, Checkpoint.weights_path, Checkpoint.state_path).where(
+                Checkpoint.job_id == self.job_id, Checkpoint.epoch >= first
+            )
+        ).all()
+        if stale:
+            ids = [row.id for row in stale]
+            session.execute(delete(Checkpoint).where(Checkpoint.id.in_(ids)))
+            session.execute(  # this run writes it again, if still the best
+                update(Job)
+                .where(Job.id == self.job_id, Job.best_checkpoint_id.in_(ids))
+                .values(best_checkpoint_id=None)
+                .execution_options(synchronize_session=False)
+            )
+        return list(stale)
 
     def _store_checkpoint(self, snap: Snapshot) -> None:
-        """On the writer thread: the files, stored, then the row that makes them durable."""
+        """On the writer thread: the files, stored, then (once its epoch is committed) the
+        row that makes them durable."""
         # The attempt in the name: a worker presumed dead never overwrites the new run's files.
         stem = f"{self.job_id}/epoch-{snap.epoch:05d}-{self.attempt}"
         # Stored (in the folder, fsynced; or uploaded from memory) before its row names it.
         files = store_files(self.artifacts, stem, snap.contents)
+        self.recorder.wait(snap.epoch)
         with session_scope() as session:
             job = session.get_one(Job, self.job_id, with_for_update=True)
             if job.worker != self.lease.worker or job.status != JobStatus.RUNNING:
@@ -440,18 +555,23 @@ class WorkerHooks(TrainerHooks):
             doomed = self._retire(session, job)
         self._delete_files(doomed)
 
-    def _delete_files(self, rows: list[Checkpoint]) -> None:
+    def _delete_files(self, rows: list[Any]) -> None:
         for row in rows:
             self.artifacts.delete(row.weights_path)
             self.artifacts.delete(row.state_path)
 
     def _check_budget(self, session: Any) -> None:
+        """On the recorder thread, at most every BUDGET_CHECK_SECONDS (the sum runs over
+        all the owner's jobs)."""
+        if time.monotonic() - self._budget_checked < BUDGET_CHECK_SECONDS:
+            return
+        self._budget_checked = time.monotonic()
         limit = limits_for(session, self.owner, self.settings).device_hours
         if limit is None:
             return
         used = used_device_hours(session, self.owner)
         if used >= limit:
-            self.budget_used_up = (
+            self._found_budget = (
                 f"the owner's compute budget of {limit:g} device-hours is used up "
                 f"({used:.3f} used); the job stopped after its last finished epoch"
             )
@@ -547,12 +667,12 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
             hooks.limit_runtime(spec.training.max_runtime_seconds, _runtime(job_id), trainer.epoch)
             hooks.start_clock()
             result = trainer.train()
-        hooks.writer.wait()  # the last checkpoint is durable before the job ends
+        hooks.finish()  # every epoch committed, the last checkpoint durable
     except LeaseLost:
         log.warning("job %s: another worker holds it now; this run stops", job_id)
         return "lost"
     except Exception as exc:
-        hooks.writer.drain()  # a checkpoint handed off is kept: a retry resumes from it
+        hooks.abandon()  # a checkpoint handed off is kept: a retry resumes from it
         failure = classify(exc)
         message = describe(failure, exc)
         if failure == INTERNAL:
@@ -563,7 +683,7 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
         _fail(job_id, worker, message, failure, diagnosis=getattr(exc, "diagnosis", None))
         return "failed"
     finally:
-        hooks.writer.close()
+        hooks.close()
         lease.done.set()
         lease.join()
     if lease.lost.is_set():

@@ -1,29 +1,38 @@
-"""Checkpoints written off the training thread, on a cadence.
+"""A job's persistence, off the training thread: its epochs' records and its checkpoints.
 
-At the end of an epoch that is due a checkpoint (see ``Cadence``), the training thread takes
-a ``Snapshot``: the weights and the resume state with every tensor copied to the CPU, so the
-next epoch may change the model at once. A ``CheckpointWriter`` thread then serializes it
-and stores both files (``Artifacts.write``: in the local folder, written atomically and
-fsynced; in S3, uploaded from memory, with no local file), then commits the checkpoint row,
-while the next epoch trains.
+Two threads per run, each a ``Background`` queue. The recorder commits each epoch's
+metrics and the job's progress (worker/runner.py); epochs that queue while a commit runs
+go into the next transaction together, so a slow database never slows training, it only
+commits several epochs at once. The ``CheckpointWriter`` stores checkpoints: at the end of
+an epoch that is due one (see ``Cadence``), the training thread takes a ``Snapshot`` (the
+weights and the resume state, every tensor copied to the CPU, so the next epoch may change
+the model at once); the writer serializes it, stores both files (``Artifacts.write``: in
+the local folder, written atomically and fsynced; in S3, uploaded from memory), waits for
+the recorder to have committed that epoch, then commits the checkpoint's row.
 
-At most one write is in flight: the next hand-off first waits for the previous one, so
-memory holds one copy of the state at most. A write that failed raises its error on the
-training thread at the next hand-off, or when the run drains the writer at its end.
+Training never waits for a write. A checkpoint falls due while another is being written:
+it waits, and one due after it supersedes it unless it is a best that the newer one is not
+(``coalesce``): the last checkpoint and the best are always written, one superseded before
+its write started is skipped. Memory holds three copies of the state at most (one being
+written, two waiting). An error of either thread raises on the training thread at its next
+hand-off, or when the run waits for both at its end.
 
 A checkpoint is durable once its row is committed: its files are stored before the row
 names them, and retention only ever deletes checkpoints that have a row, so a write in
 flight is never deleted; a crash before the commit leaves files no row names, which the
-next run sweeps.
+next run sweeps. Its row commits after its epoch's metrics, so a resume after it never
+misses an epoch's metrics.
 """
 
 import hashlib
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
 from core.checkpoint import STATE_SUFFIX, WEIGHTS_SUFFIX
 from core.results import EpochRecord
@@ -32,6 +41,7 @@ from core.train import CheckpointSnapshot, Trainer
 from store.artifacts import Artifacts
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -93,32 +103,108 @@ class Cadence:
         self.last_write = self.clock()
 
 
-class CheckpointWriter:
-    """One background thread that runs writes one at a time, at most one in flight."""
+class Background(Generic[T]):
+    """One thread that handles the items put to it, in the order they were put.
 
-    def __init__(self, name: str) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._pending: Future[None] | None = None
+    ``batch``: each call of ``handle`` gets every item waiting (epochs that queued while a
+    commit ran go into one transaction), else one. ``merge(waiting, new)``: the items left
+    waiting once ``new`` is put (by default all of them, then ``new``). Each item has a key
+    (its epoch) that ``wait`` names. An item's error ends the thread: it is raised on the
+    caller's thread by the next ``put`` or ``wait``, and the items still waiting are dropped.
+    """
 
-    def submit(self, write: Callable[..., None], *args: Any) -> None:
-        """Run ``write(*args)`` on the writer thread, once the previous write has ended."""
-        self.wait()
-        self._pending = self._pool.submit(write, *args)
+    def __init__(
+        self,
+        name: str,
+        handle: Callable[[list[T]], None],
+        *,
+        batch: bool,
+        merge: Callable[[list[tuple[int, T]], tuple[int, T]], list[tuple[int, T]]] | None = None,
+    ) -> None:
+        self._handle, self._batch = handle, batch
+        self._merge = merge or (lambda waiting, new: [*waiting, new])
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[int, T]] = []
+        self._running: list[tuple[int, T]] = []
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
 
-    def wait(self) -> None:
-        """Wait for the write in flight, if any; raise its error if it failed."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+    def put(self, item: T, key: int) -> None:
+        with self._cond:
+            self._raise()
+            self._waiting = self._merge(self._waiting, (key, item))
+            self._cond.notify_all()
+
+    def wait(self, key: float = math.inf) -> None:
+        """Until every item put with a key up to ``key`` is handled (or merged away);
+        raises the thread's error."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: (
+                    self._error is not None
+                    or all(k > key for k, _ in (*self._waiting, *self._running))
+                )
+            )
+            self._raise()
 
     def drain(self) -> None:
-        """Wait for the write in flight and log (not raise) its error: for a run that is
-        ending with an error of its own."""
+        """``wait``, logging (not raising) an error: for a run ending with one of its own."""
         try:
             self.wait()
         except Exception:
-            log.exception("a checkpoint write failed")
+            log.exception("%s failed", self._thread.name)
 
     def close(self) -> None:
         self.drain()
-        self._pool.shutdown(wait=True)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def waiting(self) -> int:
+        """Items put and not yet being handled."""
+        with self._cond:
+            return len(self._waiting)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._waiting or self._closed)
+                if not self._waiting:
+                    return
+                take = len(self._waiting) if self._batch else 1
+                self._running, self._waiting = self._waiting[:take], self._waiting[take:]
+            try:
+                self._handle([item for _, item in self._running])
+            except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
+                with self._cond:
+                    self._error, self._waiting, self._running = exc, [], []
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._running = []
+                self._cond.notify_all()
+
+
+def coalesce(
+    waiting: list[tuple[int, Snapshot]], new: tuple[int, Snapshot]
+) -> list[tuple[int, Snapshot]]:
+    """The checkpoints still worth writing once ``new`` is due: a newer checkpoint
+    supersedes one waiting that is not a best (it is no longer the last), and a newer best
+    supersedes every one waiting. So at most a best and a later checkpoint wait."""
+    keep = [] if new[1].is_best else [(k, s) for k, s in waiting if s.is_best]
+    return [*keep, new]
+
+
+class CheckpointWriter(Background[Snapshot]):
+    """The writer thread: checkpoints stored one at a time, never waited for by training;
+    those superseded while waiting are skipped (``coalesce``)."""
+
+    def __init__(self, name: str, store: Callable[[Snapshot], None]) -> None:
+        super().__init__(name, lambda snaps: store(snaps[0]), batch=False, merge=coalesce)

@@ -24,6 +24,7 @@ from tests.worker.builders import (
 )
 from tests.worker.test_runner import make_job
 from worker.runner import run_job
+from worker import writer
 from worker.writer import Cadence
 
 # The reliability tests' job, longer and faster, monitored on val_accuracy, which stops
@@ -35,6 +36,12 @@ SPEC: dict[str, Any] = {
     "early_stopping": {"monitor": "val_accuracy", "patience": 100},
     "checkpoints": {"keep_top_k": 50, "every_epochs": 4},
 }
+
+
+@pytest.fixture(autouse=True)
+def every_due_checkpoint_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about which epochs fall due (test_writer.py tests the skipping)."""
+    monkeypatch.setattr(writer, "coalesce", builders.write_every_due)
 
 
 def with_checkpoints(**fields: Any) -> dict[str, Any]:
@@ -133,7 +140,7 @@ real = runner.WorkerHooks.on_epoch_end
 def on_epoch_end(self, trainer, record):
     real(self, trainer, record)
     if record.epoch == 11:  # its metrics are committed; its checkpoint is not due
-        self.writer.wait()
+        self.finish()
         os.kill(os.getpid(), signal.SIGKILL)
 
 runner.WorkerHooks.on_epoch_end = on_epoch_end

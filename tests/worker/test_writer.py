@@ -1,7 +1,7 @@
-"""Checkpoints written off the training thread: the next epoch trains while the last one's
-checkpoint is written and stored, one write at most is in flight, a failed write fails the
-run (retried from the last durable checkpoint), and a kill in the middle of writing a best
-checkpoint loses neither the best checkpoint nor the run's outcome."""
+"""Checkpoints written off the training thread: training never waits for a write (those
+superseded while they wait are skipped, the best and the last never), a failed write fails
+the run (retried from the last durable checkpoint), and a kill in the middle of writing a
+best checkpoint loses neither the best checkpoint nor the run's outcome."""
 
 import hashlib
 import threading
@@ -27,7 +27,10 @@ from tests.worker.builders import (
     files_match_rows,
     job_row,
     run_victim,
+    write_every_due,
 )
+from tests.worker.test_cadence import SPEC as CADENCE_SPEC
+from tests.worker.test_cadence import best_epochs
 from tests.worker.test_runner import make_job
 from worker import runner, writer
 from worker.runner import RetryableFailure, run_job
@@ -50,46 +53,54 @@ class SlowStore(LocalArtifacts):
         return super().write(relative, data, sha256)
 
 
-def test_the_next_epoch_trains_while_a_checkpoint_is_stored(
+def test_training_never_waits_for_a_slow_store_and_skips_superseded_checkpoints(
     db_env: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = SlowStore(get_artifacts().root, hold=2)
+    # Bests at epochs 1-5, none after; a checkpoint every 4th epoch; 12 epochs.
+    assert best_epochs(CADENCE_SPEC) == {1, 2, 3, 4, 5}
+    store = SlowStore(get_artifacts().root, hold=1)
     monkeypatch.setattr(runner, "get_artifacts", lambda: store)
-    # Writes in flight each time the loop takes a snapshot (after its wait for the last one).
-    in_flight: list[int] = []
-    taken, stored = [0], [0]
-    real_snapshot, real_store = writer.snapshot, runner.WorkerHooks._store_checkpoint
-
-    def counted_snapshot(*args: Any) -> writer.Snapshot:
-        in_flight.append(taken[0] - stored[0])
-        taken[0] += 1
-        return real_snapshot(*args)
+    stored: list[int] = []
+    waiting: list[int] = []  # checkpoints waiting after each hand-off
+    real_store, real_coalesce = runner.WorkerHooks._store_checkpoint, writer.coalesce
 
     def counted_store(self: runner.WorkerHooks, snap: writer.Snapshot) -> None:
         real_store(self, snap)
-        stored[0] += 1
+        stored.append(snap.epoch)
 
-    monkeypatch.setattr(runner, "snapshot", counted_snapshot)
+    def counted_coalesce(*args: Any) -> Any:
+        kept = real_coalesce(*args)
+        waiting.append(len(kept))
+        return kept
+
     monkeypatch.setattr(runner.WorkerHooks, "_store_checkpoint", counted_store)
-    job_id = make_job(SPEC)
+    monkeypatch.setattr(writer, "coalesce", counted_coalesce)
+    job_id = make_job(CADENCE_SPEC)
     outcome: list[str] = []
     thread = threading.Thread(target=lambda: outcome.append(run_job(job_id, worker="w/1")))
     thread.start()
     try:
-        wait_for("epoch 2's checkpoint to be stored", store.held.is_set, 60)
-        # Epoch 3 trains and its metrics are committed while epoch 2's upload hangs.
-        wait_for("epoch 3's metrics", lambda: job_row(job_id).epoch >= 3, 60)
+        wait_for("epoch 1's checkpoint to be stored", store.held.is_set, 60)
+        # Every epoch trains and commits its metrics while epoch 1's upload hangs.
+        wait_for("epoch 12's metrics", lambda: job_row(job_id).epoch == 12, 60)
         with session_scope() as session:
             rows = set(session.scalars(select(Checkpoint.epoch).where(Checkpoint.job_id == job_id)))
-        assert rows == {1}  # epoch 2 is not durable yet: no row names its files
-        assert job_row(job_id).epoch == 3  # epoch 4 waits to hand its checkpoint over
+        assert rows == set()  # epoch 1 is not durable yet: no row names its files
+        assert job_row(job_id).status == "running"  # the run waits for its checkpoints
     finally:
         store.release.set()
         thread.join(scaled(60))
     assert outcome == ["succeeded"]
-    assert in_flight == [0] * 6  # each hand-off found the writer idle: one copy in memory
-    assert job_row(job_id).epoch == 6 and files_match_rows(job_id)
-    assert_same_run(job_id, SPEC)
+    # Epochs 2-4 (bests) were superseded by the best 5 while they waited, and 8 (due on
+    # the cadence) by the last epoch: the best and the last are written.
+    assert stored == [1, 5, 12]
+    assert max(waiting) == 2  # a best and a later checkpoint at most: memory stays bounded
+    with session_scope() as session:
+        rows = set(session.scalars(select(Checkpoint.epoch).where(Checkpoint.job_id == job_id)))
+    assert rows == {1, 5, 12}
+    assert job_row(job_id).epoch == 12 and files_match_rows(job_id)
+    assert best_checkpoint(job_id).epoch == 5
+    assert_same_run(job_id, CADENCE_SPEC)
 
 
 def test_a_failed_upload_is_retried_from_the_last_durable_checkpoint(
@@ -105,6 +116,7 @@ def test_a_failed_upload_is_retried_from_the_last_durable_checkpoint(
         return real_write(self, relative, data, sha256)
 
     monkeypatch.setattr(LocalArtifacts, "write", store_down)
+    monkeypatch.setattr(writer, "coalesce", write_every_due)  # epoch 3's write is tried
     job_id = make_job(SPEC)
     with pytest.raises(RetryableFailure) as raised:
         run_job(job_id, worker="w/1")
