@@ -902,8 +902,9 @@ class NotifySpec(_Strict):
 class CheckpointSpec(_Strict):
     keep_top_k: int = Field(3, ge=1, le=50)
     # The cadence of the service's checkpoints: after every every_epochs-th epoch, and no
-    # sooner than min_interval_seconds after the last one; a new best epoch and the last
-    # epoch are always written. A crash redoes at most the epochs since the last checkpoint.
+    # sooner than min_interval_seconds after the last one; the last epoch always, and a new
+    # best with the next due one (or at the end). A crash redoes at most the epochs since
+    # the last checkpoint. Not part of the spec's hash: it does not change the training.
     every_epochs: int = Field(1, ge=1, le=MAX_EPOCHS)
     min_interval_seconds: float = Field(0.0, ge=0.0, le=24 * 3600.0)
 
@@ -1367,6 +1368,8 @@ class JobSpec(_Strict):
         """sha256 of the canonical JSON of the validated spec (defaults filled in)."""
         data = self.model_dump(mode="json")
         data.pop("notify", None)  # where events go does not change the training
+        for name in ("every_epochs", "min_interval_seconds"):  # nor when checkpoints are written
+            data["checkpoints"].pop(name, None)
         # Fields added later leave the hash of a spec that keeps their defaults unchanged, so
         # checkpoints written before they existed still resume.
         for section, name, default in _LATER_FIELDS:
@@ -1452,8 +1455,6 @@ _LATER_FIELDS = (
     ("training", "precision", "fp32"),
     ("training", "processes", 1),
     ("model", "sync_batch_norm", False),
-    ("checkpoints", "every_epochs", 1),
-    ("checkpoints", "min_interval_seconds", 0.0),
 )
 
 

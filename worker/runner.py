@@ -328,6 +328,7 @@ class WorkerHooks(TrainerHooks):
         self._mark = time.monotonic()
         # Checkpoints on the spec's cadence (worker/writer.py).
         self.cadence: Cadence | None = None
+        self.held_best: Snapshot | None = None  # a best epoch's state, not yet due
         # Set once this attempt's first commit has cleared what earlier attempts wrote past it.
         self._redo_cleared = False
         # The epochs' records and the checkpoints, each on a thread of its own.
@@ -395,8 +396,20 @@ class WorkerHooks(TrainerHooks):
             self.cadence = Cadence(trainer.spec.checkpoints, trainer.spec.training.epochs)
         # A run about to stop (a limit, a pruner, a cancel) ends with its last epoch's checkpoint.
         if self.cadence.due(record) or self.should_stop():
+            if not record.is_best:
+                self._hand_over_best()
+            self.held_best = None
             self.writer.put(snapshot(trainer, record), record.epoch)
             self.cadence.written()
+        elif record.is_best:
+            # A best between two due epochs: kept in memory (a newer best replaces it) and
+            # written with the next due checkpoint, or at the run's end.
+            self.held_best = snapshot(trainer, record)
+
+    def _hand_over_best(self) -> None:
+        if self.held_best is not None:
+            self.writer.put(self.held_best, self.held_best.epoch)
+            self.held_best = None
 
     def _take_findings(self) -> None:
         self.budget_used_up = self.budget_used_up or self._found_budget
@@ -404,7 +417,9 @@ class WorkerHooks(TrainerHooks):
 
     def finish(self) -> None:
         """Wait until every epoch is committed and the last checkpoint is durable; raises
-        what either thread failed with."""
+        what either thread failed with. A best held in memory (a run stopped in the middle
+        of an epoch by a cancel or a preemption) is written first."""
+        self._hand_over_best()
         self.recorder.wait()
         self.writer.wait()
         self._take_findings()
@@ -412,6 +427,10 @@ class WorkerHooks(TrainerHooks):
     def abandon(self) -> None:
         """The same for a run that ends with an error of its own: the epochs and the
         checkpoint handed off are kept (a retry resumes from it), their errors logged."""
+        try:
+            self._hand_over_best()
+        except Exception:
+            log.exception("job %s: its best checkpoint could not be handed over", self.job_id)
         self.recorder.drain()
         self.writer.drain()
 

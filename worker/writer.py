@@ -10,12 +10,16 @@ the model at once); the writer serializes it, stores both files (``Artifacts.wri
 the local folder, written atomically and fsynced; in S3, uploaded from memory), waits for
 the recorder to have committed that epoch, then commits the checkpoint's row.
 
+A best epoch that is not due is held in memory (a newer best replaces it) and handed
+to the writer with the next due checkpoint, or when the run ends however it ends (a crash
+loses it, and the resumed run, redoing the same epochs, finds the same best again).
+
 Training never waits for a write. A checkpoint falls due while another is being written:
 it waits, and one due after it supersedes it unless it is a best that the newer one is not
 (``coalesce``): the last checkpoint and the best are always written, one superseded before
-its write started is skipped. Memory holds three copies of the state at most (one being
-written, two waiting). An error of either thread raises on the training thread at its next
-hand-off, or when the run waits for both at its end.
+its write started is skipped. Memory holds four copies of the state at most (one being
+written, two waiting, a best held). An error of either thread raises on the training
+thread at its next hand-off, or when the run waits for both at its end.
 
 A checkpoint is durable once its row is committed: its files are stored before the row
 names them, and retention only ever deletes checkpoints that have a row, so a write in
@@ -80,9 +84,11 @@ def snapshot(trainer: Trainer, record: EpochRecord) -> Snapshot:
 
 
 class Cadence:
-    """Which epochs get a checkpoint: every ``every_epochs``-th epoch, once
-    ``min_interval_seconds`` have passed since the last one; always a new best epoch and the
-    last epoch (the epoch limit, or one that stops the run)."""
+    """Which epochs are due a checkpoint: every ``every_epochs``-th epoch, once
+    ``min_interval_seconds`` have passed since the last one, and always the last epoch (the
+    epoch limit, or one that stops the run). A best epoch between two due ones is held in
+    memory and written with the next due one (worker/runner.py): the best is always
+    written, the run's epochs are never slowed by writing each best of an improving run."""
 
     def __init__(
         self,
@@ -95,7 +101,7 @@ class Cadence:
         self.last_write = clock()
 
     def due(self, record: EpochRecord) -> bool:
-        if record.is_best or record.stop is not None or record.epoch >= self.last_epoch:
+        if record.stop is not None or record.epoch >= self.last_epoch:
             return True
         return record.epoch % self.every == 0 and self.clock() - self.last_write >= self.interval
 

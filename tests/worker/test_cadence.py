@@ -23,8 +23,8 @@ from tests.worker.builders import (
     run_victim,
 )
 from tests.worker.test_runner import make_job
-from worker.runner import run_job
 from worker import writer
+from worker.runner import run_job
 from worker.writer import Cadence
 
 # The reliability tests' job, longer and faster, monitored on val_accuracy, which stops
@@ -72,7 +72,9 @@ def test_every_epochs_writes_every_nth_epoch_each_best_and_the_last(db_env: Sett
     assert bests == {1, 2, 3, 4, 5}  # the premise: no best after epoch 5
     job_id = make_job(SPEC)
     assert run_job(job_id, worker="w/1") == "succeeded"
-    assert checkpoint_epochs(job_id) == {1, 2, 3, 4, 5, 8, 12}  # bests, 4th epochs, the last
+    # The 4th epochs and the last; best 5 held in memory until epoch 8 (bests 1-3 were
+    # each replaced by the next before a due epoch; 4 is due and best).
+    assert checkpoint_epochs(job_id) == {4, 5, 8, 12}
     job = job_row(job_id)
     with session_scope() as session:
         best = session.get_one(Checkpoint, job.best_checkpoint_id)
@@ -87,7 +89,7 @@ def test_a_long_min_interval_leaves_only_the_bests_and_the_last(sqlite_env: Sett
     spec = with_checkpoints(every_epochs=1, min_interval_seconds=3600)
     job_id = make_job(spec)
     assert run_job(job_id, worker="w/1") == "succeeded"
-    assert checkpoint_epochs(job_id) == {1, 2, 3, 4, 5, 12}
+    assert checkpoint_epochs(job_id) == {5, 12}  # the best, held to the end, and the last
 
 
 def test_a_run_stopped_early_ends_with_its_last_epochs_checkpoint(sqlite_env: Settings) -> None:
@@ -97,17 +99,23 @@ def test_a_run_stopped_early_ends_with_its_last_epochs_checkpoint(sqlite_env: Se
     assert run_job(job_id, worker="w/1") == "succeeded"
     job = job_row(job_id)
     assert job.stop["reason"] == "early_stopping" and job.epoch == 7  # best 5, patience 2
-    assert checkpoint_epochs(job_id) == {1, 2, 3, 4, 5, 7}
+    assert checkpoint_epochs(job_id) == {5, 7}
 
 
-def test_the_default_cadence_writes_every_epoch() -> None:
+def test_the_default_cadence_writes_every_epoch_and_no_cadence_changes_the_hash() -> None:
     spec = CheckpointSpec()
     assert (spec.every_epochs, spec.min_interval_seconds) == (1, 0.0)
-    # A spec without the new fields keeps its hash: checkpoints written before still resume.
+    # When checkpoints are written does not change the training: a spec without the
+    # cadence's fields (written before they existed), or with any cadence, keeps its hash,
+    # so its checkpoints resume.
     plain = JobSpec.model_validate({"dataset": {"name": "iris"}})
     dumped = plain.model_dump(mode="json")
     del dumped["checkpoints"]["every_epochs"], dumped["checkpoints"]["min_interval_seconds"]
     assert plain.spec_hash() == JobSpec.model_validate(dumped).spec_hash()
+    dumped["checkpoints"].update(every_epochs=7, min_interval_seconds=30)
+    assert plain.spec_hash() == JobSpec.model_validate(dumped).spec_hash()
+    dumped["checkpoints"]["keep_top_k"] = 5  # what is kept is part of it
+    assert plain.spec_hash() != JobSpec.model_validate(dumped).spec_hash()
 
 
 def record(epoch: int, *, best: bool = False) -> EpochRecord:
@@ -120,11 +128,13 @@ def test_the_interval_counts_from_the_last_checkpoint() -> None:
     cadence = Cadence(CheckpointSpec(every_epochs=2, min_interval_seconds=10), 100, clock)
     now[0] = 9.0
     assert not cadence.due(record(2))  # its epoch, but too soon
-    assert cadence.due(record(3, best=True))  # a best is always written
+    assert not cadence.due(record(3, best=True))  # a best waits for a due epoch
+    now[0] = 10.0
+    assert cadence.due(record(4))
     cadence.written()
-    now[0] = 18.0
-    assert not cadence.due(record(4)) and not cadence.due(record(5))
     now[0] = 19.0
+    assert not cadence.due(record(6))
+    now[0] = 20.0
     assert cadence.due(record(6)) and not cadence.due(record(7))
     assert cadence.due(record(100))  # the last epoch
 
@@ -154,7 +164,7 @@ def test_a_crash_redoes_only_the_epochs_since_the_last_checkpoint(
     job_id = make_job(SPEC)
     assert run_victim(VICTIM, job_id) == -9
     assert job_row(job_id).epoch == 11 and sorted(metric_rows(job_id)) == list(range(1, 12))
-    assert checkpoint_epochs(job_id) == {1, 2, 3, 4, 5, 8}
+    assert checkpoint_epochs(job_id) == {4, 5, 8}
     expire_lease(job_id)  # the victim's heartbeat stopped
     with caplog.at_level("INFO", logger="worker.runner"):
         assert run_job(job_id, worker="rescuer/2") == "succeeded"
@@ -164,5 +174,5 @@ def test_a_crash_redoes_only_the_epochs_since_the_last_checkpoint(
     rows = metric_rows(job_id)
     assert sorted(rows) == list(range(1, 13)) and len(set(rows.values())) == 1
     assert_same_run(job_id, SPEC)
-    assert checkpoint_epochs(job_id) == {1, 2, 3, 4, 5, 8, 12}
+    assert checkpoint_epochs(job_id) == {4, 5, 8, 12}
     assert job_row(job_id).attempt == 2 and files_match_rows(job_id)

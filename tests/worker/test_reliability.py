@@ -225,6 +225,7 @@ def test_a_preempted_job_stops_at_its_next_step_and_is_handed_back(
     def preempt_in_epoch_4(self: runner.WorkerHooks, trainer: Trainer, record: Any) -> None:
         real_epoch_end(self, trainer, record)
         if record.epoch == 3:
+            self.recorder.wait(3)  # epoch 3 committed (on the recorder thread) before epoch 4
             steps.clear()
 
     def counting(self: runner.WorkerHooks) -> bool:
@@ -486,8 +487,8 @@ def test_a_kill_during_a_checkpoint_write_loses_nothing(
     assert run_victim(dies_writing("epoch-00003-1.state.pt"), job_id) == -9  # not finished
     job = job_row(job_id)
     # Epoch 3's metrics commit before its checkpoint is written (off the training thread),
-    # and epoch 4's may too while that write is in flight: both are redone and replaced.
-    assert job.status == "running" and job.epoch in (3, 4) and job.worker == "victim/1"
+    # and later epochs' may too while that write is in flight: all are redone and replaced.
+    assert job.status == "running" and job.epoch >= 3 and job.worker == "victim/1"
     folder = get_artifacts().job_dir(job_id)
     leftovers = sorted(p.name for p in folder.iterdir())
     assert any(n.startswith(".epoch-00003-1.state.pt.") for n in leftovers), leftovers

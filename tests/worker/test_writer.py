@@ -58,7 +58,7 @@ def test_training_never_waits_for_a_slow_store_and_skips_superseded_checkpoints(
 ) -> None:
     # Bests at epochs 1-5, none after; a checkpoint every 4th epoch; 12 epochs.
     assert best_epochs(CADENCE_SPEC) == {1, 2, 3, 4, 5}
-    store = SlowStore(get_artifacts().root, hold=1)
+    store = SlowStore(get_artifacts().root, hold=4)
     monkeypatch.setattr(runner, "get_artifacts", lambda: store)
     stored: list[int] = []
     waiting: list[int] = []  # checkpoints waiting after each hand-off
@@ -80,24 +80,24 @@ def test_training_never_waits_for_a_slow_store_and_skips_superseded_checkpoints(
     thread = threading.Thread(target=lambda: outcome.append(run_job(job_id, worker="w/1")))
     thread.start()
     try:
-        wait_for("epoch 1's checkpoint to be stored", store.held.is_set, 60)
-        # Every epoch trains and commits its metrics while epoch 1's upload hangs.
+        wait_for("epoch 4's checkpoint to be stored", store.held.is_set, 60)
+        # Every epoch trains and commits its metrics while epoch 4's upload hangs.
         wait_for("epoch 12's metrics", lambda: job_row(job_id).epoch == 12, 60)
         with session_scope() as session:
             rows = set(session.scalars(select(Checkpoint.epoch).where(Checkpoint.job_id == job_id)))
-        assert rows == set()  # epoch 1 is not durable yet: no row names its files
+        assert rows == set()  # epoch 4 is not durable yet: no row names its files
         assert job_row(job_id).status == "running"  # the run waits for its checkpoints
     finally:
         store.release.set()
         thread.join(scaled(60))
     assert outcome == ["succeeded"]
-    # Epochs 2-4 (bests) were superseded by the best 5 while they waited, and 8 (due on
-    # the cadence) by the last epoch: the best and the last are written.
-    assert stored == [1, 5, 12]
+    # Due at epochs 4, 8 and 12, the best 5 with 8: while 4 was stored, 8 was superseded
+    # by the last epoch, not the best 5 (so the best and the last are written).
+    assert stored == [4, 5, 12]
     assert max(waiting) == 2  # a best and a later checkpoint at most: memory stays bounded
     with session_scope() as session:
         rows = set(session.scalars(select(Checkpoint.epoch).where(Checkpoint.job_id == job_id)))
-    assert rows == {1, 5, 12}
+    assert rows == {4, 5, 12}
     assert job_row(job_id).epoch == 12 and files_match_rows(job_id)
     assert best_checkpoint(job_id).epoch == 5
     assert_same_run(job_id, CADENCE_SPEC)
