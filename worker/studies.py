@@ -102,8 +102,9 @@ def objective_of(study: Study) -> tuple[str, str]:
     return objective["metric"], objective["mode"]
 
 
-def load(session: Session, study: Study) -> list[TrialRecord]:
-    """The study's trials in order of number, each with its objective per epoch."""
+def load(session: Session, study: Study, *, values: bool = True) -> list[TrialRecord]:
+    """The study's trials in order of number, each with its objective per epoch (none when
+    ``values`` is false: what only counts the trials need not read every epoch's metric)."""
     rows = session.execute(
         select(StudyTrial, Job.status)
         .join(Job, Job.id == StudyTrial.job_id)
@@ -115,7 +116,7 @@ def load(session: Session, study: Study) -> list[TrialRecord]:
         for t, status in rows
     ]
     by_job = {r.job_id: r for r in records}
-    if by_job:
+    if by_job and values:
         metric, _ = objective_of(study)
         values = session.execute(
             select(Metric.job_id, Metric.epoch, Metric.value).where(
@@ -202,7 +203,9 @@ def propose(study: Study, records: list[TrialRecord], number: int) -> dict[str, 
     if spec["algorithm"] == "tpe":
         sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     else:
-        sampler = optuna.samplers.RandomSampler(seed=seed)
+        # Seeded per trial, a random sampler draws the same point whatever the trials
+        # before: they are not rebuilt (that grew with every trial the study made).
+        sampler, records = optuna.samplers.RandomSampler(seed=seed), []
     trial = rebuild(study, records, sampler=sampler).ask()
     point: dict[str, Any] = {}
 
@@ -267,7 +270,8 @@ def top_up(
             session.refresh(study)
             if study.status != StudyStatus.RUNNING:
                 return []
-            records = load(session, study)
+            # The trials' objectives only for TPE: the others' proposals never read them.
+            records = load(session, study, values=study.spec["algorithm"] == "tpe")
             running = sum(r.status in ACTIVE for r in records)
             cap = _cap(study)
             if len(records) >= cap:

@@ -6,6 +6,7 @@ is retried with a capped exponential backoff, and resumes from the job's last ch
 """
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from celery import shared_task
@@ -34,8 +35,19 @@ def backoff(retries: int, cap: float) -> float:
     return float(min(2**retries, cap))
 
 
-def _after_job(app, job_id: str) -> None:  # type: ignore[no-untyped-def]
-    """Top up the owner's studies (worker/studies.py): never fails the training task."""
+# Top-ups after a job's end, one at a time, off the task: the worker takes its next job
+# meanwhile (a study's next trial is already queued while its parallelism allows, and one
+# sent from here wakes the worker at once: descent/broker.py). A top-up lost with the
+# process is made by a sweeper's next pass (worker/studies.py).
+_top_ups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="study-top-up")
+
+
+def _after_job(app, job_id: str) -> Future[None]:  # type: ignore[no-untyped-def]
+    """Top up the owner's studies (worker/studies.py) on the top-up thread."""
+    return _top_ups.submit(_top_up, app, job_id)
+
+
+def _top_up(app, job_id: str) -> None:  # type: ignore[no-untyped-def]
     try:
         studies.after_job(job_id, lambda job, queue: app.send_task(TRAIN_TASK, [job], queue=queue))
     except Exception:
