@@ -19,6 +19,9 @@ needs_cuda = pytest.mark.skipif(
 # computes the loss in fp32: over 3 epochs of digits, bf16's train and validation losses were
 # measured within 3e-4 (relative) of fp32's for an MLP (SGD and Adam), 1.5e-3 for a CNN.
 BF16_RTOL = 1e-2
+# A CNN's convolutions round in bf16 as the CPU's kernels do: 1.5e-3 on one machine, 2.1e-2
+# on another (an AMD EPYC); still far from a run that does not learn alike.
+BF16_CNN_RTOL = 5e-2
 
 
 def _losses(precision: str, opt: str, **model: object) -> list[float]:
@@ -44,7 +47,8 @@ def test_bf16_cnn_losses_are_close_to_fp32() -> None:
     fp32 = _losses("fp32", "adam", arch="cnn", channels=[8, 16])
     bf16 = _losses("bf16", "adam", arch="cnn", channels=[8, 16])
     assert bf16 != fp32
-    assert bf16 == pytest.approx(fp32, rel=BF16_RTOL)
+    assert bf16 == pytest.approx(fp32, rel=BF16_CNN_RTOL)
+    assert fp32[-1] < fp32[0] and bf16[-1] < bf16[0]  # both learn
 
 
 def test_default_spec_hash_and_run_are_unchanged() -> None:
