@@ -906,7 +906,7 @@ class CheckpointSpec(_Strict):
     # best with the next due one (or at the end). A crash redoes at most the epochs since
     # the last checkpoint. Not part of the spec's hash: it does not change the training.
     every_epochs: int = Field(1, ge=1, le=MAX_EPOCHS)
-    min_interval_seconds: float = Field(0.0, ge=0.0, le=24 * 3600.0)
+    min_interval_seconds: float = Field(1.0, ge=0.0, le=24 * 3600.0)
 
 
 class JobSpec(_Strict):

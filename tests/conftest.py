@@ -50,6 +50,19 @@ def reset_caches() -> None:
     get_settings.cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def every_due_checkpoint_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process each checkpoint that falls due is written, as when the writer keeps
+    up (worker/writer.py ``coalesce`` skips one superseded while it waits): tests that check
+    which checkpoints exist, or resume from one, then hold on a busy machine. The skipping
+    is tested on its own (tests/worker/test_writer.py); the processes the tests start skip
+    as production does."""
+    from tests.worker.builders import write_every_due
+    from worker import writer
+
+    monkeypatch.setattr(writer, "coalesce", write_every_due)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL database of its own for this test run, dropped at the end."""

@@ -28,7 +28,8 @@ SPEC: dict[str, Any] = {
     "optimizer": {"name": "adam", "lr": 0.01},
     "schedule": {"name": "inverse_time", "decay": 0.05},
     "training": {"epochs": 6, "batch_size": 16, "seed": 3, "device": "cpu"},
-    "checkpoints": {"keep_top_k": 1},
+    # A checkpoint every epoch (tiny epochs would otherwise write one a second).
+    "checkpoints": {"keep_top_k": 1, "min_interval_seconds": 0},
 }
 
 

@@ -23,7 +23,6 @@ from tests.worker.builders import (
     run_victim,
 )
 from tests.worker.test_runner import make_job
-from worker import writer
 from worker.runner import run_job
 from worker.writer import Cadence
 
@@ -34,14 +33,8 @@ SPEC: dict[str, Any] = {
     "optimizer": {"name": "adam", "lr": 0.05},
     "training": {**builders.SPEC["training"], "epochs": 12},
     "early_stopping": {"monitor": "val_accuracy", "patience": 100},
-    "checkpoints": {"keep_top_k": 50, "every_epochs": 4},
+    "checkpoints": {"keep_top_k": 50, "every_epochs": 4, "min_interval_seconds": 0},
 }
-
-
-@pytest.fixture(autouse=True)
-def every_due_checkpoint_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These tests are about which epochs fall due (test_writer.py tests the skipping)."""
-    monkeypatch.setattr(writer, "coalesce", builders.write_every_due)
 
 
 def with_checkpoints(**fields: Any) -> dict[str, Any]:
@@ -94,7 +87,7 @@ def test_a_long_min_interval_leaves_only_the_bests_and_the_last(sqlite_env: Sett
 
 def test_a_run_stopped_early_ends_with_its_last_epochs_checkpoint(sqlite_env: Settings) -> None:
     spec = {**SPEC, "early_stopping": {"monitor": "val_accuracy", "patience": 2}}
-    spec["checkpoints"] = {"keep_top_k": 50, "every_epochs": 100}
+    spec["checkpoints"] = {"keep_top_k": 50, "every_epochs": 100, "min_interval_seconds": 0}
     job_id = make_job(spec)
     assert run_job(job_id, worker="w/1") == "succeeded"
     job = job_row(job_id)
@@ -102,9 +95,10 @@ def test_a_run_stopped_early_ends_with_its_last_epochs_checkpoint(sqlite_env: Se
     assert checkpoint_epochs(job_id) == {5, 7}
 
 
-def test_the_default_cadence_writes_every_epoch_and_no_cadence_changes_the_hash() -> None:
+def test_the_default_cadence_and_no_cadence_changes_the_hash() -> None:
     spec = CheckpointSpec()
-    assert (spec.every_epochs, spec.min_interval_seconds) == (1, 0.0)
+    # Every epoch, at most one a second: a 10-ms epoch job writes every ~100th epoch.
+    assert (spec.every_epochs, spec.min_interval_seconds) == (1, 1.0)
     # When checkpoints are written does not change the training: a spec without the
     # cadence's fields (written before they existed), or with any cadence, keeps its hash,
     # so its checkpoints resume.

@@ -519,7 +519,7 @@ class Died(BaseException):
 def test_a_damaged_last_checkpoint_falls_back_to_the_one_before(
     fast_lease: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    spec = {**SPEC, "checkpoints": {"keep_top_k": 6}}
+    spec = {**SPEC, "checkpoints": {"keep_top_k": 6, "min_interval_seconds": 0}}
     job_id = make_job(spec)
     real_epoch_end = runner.WorkerHooks.on_epoch_end
 

@@ -40,13 +40,13 @@ SPEC = {
     "model": {"arch": "mlp", "hidden": [8]},
     "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
     "training": {"epochs": 6, "batch_size": 16, "seed": 0},
-    "checkpoints": {"keep_top_k": 1},
+    "checkpoints": {"keep_top_k": 1, "min_interval_seconds": 0},
 }
 # Three epochs, a checkpoint of each kept: redo_from can resume after any of them.
 SHORT_SPEC = {
     **SPEC,
     "training": {**SPEC["training"], "epochs": 3},
-    "checkpoints": {"keep_top_k": 3},
+    "checkpoints": {"keep_top_k": 3, "min_interval_seconds": 0},
 }
 
 

@@ -27,13 +27,13 @@ from tests.worker.builders import (
     files_match_rows,
     job_row,
     run_victim,
-    write_every_due,
 )
 from tests.worker.test_cadence import SPEC as CADENCE_SPEC
 from tests.worker.test_cadence import best_epochs
 from tests.worker.test_runner import make_job
 from worker import runner, writer
 from worker.runner import RetryableFailure, run_job
+from worker.writer import coalesce
 
 
 class SlowStore(LocalArtifacts):
@@ -62,14 +62,14 @@ def test_training_never_waits_for_a_slow_store_and_skips_superseded_checkpoints(
     monkeypatch.setattr(runner, "get_artifacts", lambda: store)
     stored: list[int] = []
     waiting: list[int] = []  # checkpoints waiting after each hand-off
-    real_store, real_coalesce = runner.WorkerHooks._store_checkpoint, writer.coalesce
+    real_store = runner.WorkerHooks._store_checkpoint
 
     def counted_store(self: runner.WorkerHooks, snap: writer.Snapshot) -> None:
         real_store(self, snap)
         stored.append(snap.epoch)
 
     def counted_coalesce(*args: Any) -> Any:
-        kept = real_coalesce(*args)
+        kept = coalesce(*args)  # the real one (tests/conftest.py writes every due one)
         waiting.append(len(kept))
         return kept
 
@@ -116,7 +116,6 @@ def test_a_failed_upload_is_retried_from_the_last_durable_checkpoint(
         return real_write(self, relative, data, sha256)
 
     monkeypatch.setattr(LocalArtifacts, "write", store_down)
-    monkeypatch.setattr(writer, "coalesce", write_every_due)  # epoch 3's write is tried
     job_id = make_job(SPEC)
     with pytest.raises(RetryableFailure) as raised:
         run_job(job_id, worker="w/1")
@@ -142,7 +141,7 @@ def best_checkpoint(job_id: str) -> Checkpoint:
 
 
 def test_a_kill_while_a_best_checkpoint_is_written_keeps_the_best(fast_lease: Settings) -> None:
-    spec = {**SPEC, "checkpoints": {"keep_top_k": 1}}
+    spec = {**SPEC, "checkpoints": {"keep_top_k": 1, "min_interval_seconds": 0}}
     job_id, reference = make_job(spec), make_job(spec)
     # Killed in the middle of writing epoch 4's weights (a new best), on the writer thread.
     assert run_victim(dies_writing("epoch-00004-1.safetensors"), job_id) == -9
