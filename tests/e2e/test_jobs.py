@@ -22,7 +22,8 @@ def digits_mlp(**overrides: Any) -> dict[str, Any]:
         "model": {"arch": "mlp", "hidden": [32]},
         "optimizer": {"name": "adam", "lr": 0.01},
         "training": {"epochs": 4, "batch_size": 64, "seed": 0},
-        "checkpoints": {"keep_top_k": 2},
+        # Every epoch's checkpoint (its epochs are shorter than the default interval).
+        "checkpoints": {"keep_top_k": 2, "min_interval_seconds": 0},
     }
     for key, value in overrides.items():
         spec[key] = value if not isinstance(value, dict) else {**spec.get(key, {}), **value}

@@ -66,7 +66,8 @@ def test_a_job_killed_on_one_host_resumes_on_another_from_s3(hosts: Stack) -> No
     reference = reference_run(RESUME_SPEC)
     first = hosts.start_worker("host-a", own_folder=True)
     job = hosts.submit(RESUME_SPEC)
-    hosts.wait(job["id"], until=lambda j: j["epoch"] >= 3, timeout=180, what="to pass epoch 3")
+    hosts.wait(job["id"], until=lambda j: j["epoch"] >= 3 and j["best"]["checkpoint_id"],
+               timeout=180, what="to pass epoch 3 with a checkpoint stored")  # fmt: skip
     kill(first)  # SIGKILL: host A is gone, and its folder with it
     killed_at = hosts.job(job["id"])["epoch"]
     assert killed_at < RESUME_SPEC["training"]["epochs"]
@@ -74,11 +75,11 @@ def test_a_job_killed_on_one_host_resumes_on_another_from_s3(hosts: Stack) -> No
     try:
         final = hosts.wait(job["id"], timeout=180)
         assert final["status"] == "succeeded" and final["attempt"] == 2, final
-        # Checkpoints are written while the next epoch trains (one write in flight): the
-        # last durable one is at most two epochs behind the last committed metrics.
+        # Checkpoints are written while the next epochs train (one superseded while it waits
+        # is skipped): the last durable one is at or behind the last committed metrics.
         log = hosts.log("host-b")
         resumed = [int(e) for e in re.findall(r"resumes after epoch (\d+)", log)]
-        assert len(resumed) == 1 and killed_at - 2 <= resumed[0] <= killed_at, (killed_at, log)
+        assert len(resumed) == 1 and 1 <= resumed[0] <= killed_at, (killed_at, log)
         assert_same_metrics(hosts, job["id"], reference, 0.0)  # bit-identical on the CPU
         # Nothing of the job stays on the host that finished it, nor on the API's: its
         # checkpoints are in S3 only. (Host A may hold the write it was killed in; that host

@@ -161,7 +161,7 @@ def test_a_study_survives_its_worker_and_then_the_whole_service_killed(serve: Se
             "device": "cpu",
             "max_runtime_seconds": scaled(2),
         },
-        "checkpoints": {"keep_top_k": 1},
+        "checkpoints": {"keep_top_k": 1, "min_interval_seconds": 0},  # each epoch's
     }
     body = {
         "name": "killed",

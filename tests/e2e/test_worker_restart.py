@@ -42,7 +42,7 @@ def long_job() -> dict[str, Any]:
             "device": "cpu",
             "max_runtime_seconds": scaled(2),
         },
-        "checkpoints": {"keep_top_k": 1},
+        "checkpoints": {"keep_top_k": 1, "min_interval_seconds": 0},  # each epoch's
     }
 
 
