@@ -315,7 +315,8 @@ class WorkerHooks(TrainerHooks):
         self.max_runtime: float | None = None
         self.runtime = 0.0
         self.runtime_used_up: str | None = None
-        # A study's trial: the pruner's decision (the job's stop) once it prunes the trial.
+        # A trial of a study that prunes: the pruner's decision (the job's stop) once it
+        # prunes the trial.
         self.trial = False
         self.pruned: dict[str, Any] | None = None
         self.total_epochs = 0  # the spec's training.epochs, for the pruner
@@ -669,7 +670,7 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
     lease = Lease(job_id, worker, settings.heartbeat_seconds)
     lease.start()
     hooks = WorkerHooks(job, lease, artifacts, spec.checkpoints.keep_top_k, settings)
-    # A study's trial; pruned before a restart, it stops at once.
+    # A trial of a study that prunes; pruned before a restart, it stops at once.
     hooks.trial, hooks.pruned = studies.recorded_prune(job_id)
     try:
         sweep_orphans(job_id, artifacts)

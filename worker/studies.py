@@ -459,13 +459,18 @@ def make_pruner(config: dict[str, Any], epochs: int) -> optuna.pruners.BasePrune
 
 
 def recorded_prune(job_id: str) -> tuple[bool, dict[str, Any] | None]:
-    """Whether the job is a study's trial, and the pruning decision already taken for it
-    (a trial resumed after a restart stops at once)."""
+    """Whether the job is a trial of a study that prunes, and the pruning decision already
+    taken for it (a trial resumed after a restart stops at once)."""
     with session_scope() as session:
         row = session.execute(
-            select(StudyTrial.id, StudyTrial.pruned).where(StudyTrial.job_id == job_id)
+            select(StudyTrial.pruned, Study.spec)
+            .join(Study, Study.id == StudyTrial.study_id)
+            .where(StudyTrial.job_id == job_id)
         ).one_or_none()
-    return (row is not None, row.pruned if row is not None else None)
+    if row is None:
+        return False, None
+    prunes = (row.spec.get("pruner") or {}).get("name", "none") != "none"
+    return prunes or row.pruned is not None, row.pruned
 
 
 def prune(session: Session, job_id: str, epoch: int, last_epoch: int) -> dict[str, Any] | None:
