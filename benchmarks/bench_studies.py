@@ -6,8 +6,7 @@ embedded service: SQLite, one worker) from ``POST /v1/studies`` until the study 
 completed (polled every 50 ms). Then the specs of its trials (their jobs' specs, fetched
 from the service) are trained one after the other by ``core.Trainer`` in this process, with
 no hooks: the ratio of the two wall times is what the service adds per trial (submit,
-dispatch, setup in a worker, metrics and checkpoint persistence, the next trial's proposal),
-with torch's threads waiting as the worker's do.
+dispatch, setup in a worker, metrics and checkpoint persistence, the next trial's proposal).
 The same search with ASHA (rungs at epochs 1 and 3, reduction factor 3) reports its wall
 time, epochs trained and best objective against the search without pruning.
 
@@ -15,7 +14,6 @@ time, epochs trained and best objective against the search without pruning.
 """
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,10 +21,6 @@ from typing import Any
 
 from benchmarks.common import load, machine
 from tests.e2e.service import Service, running, start_embedded
-
-# The core trains under the worker's OpenMP wait policy (worker/app.py), before torch loads:
-# the ratio is then the service's overhead, not a difference in how torch's threads wait.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 BASE: dict[str, Any] = {
     "dataset": {"name": "digits", "val_fraction": 0.2, "seed": 0},

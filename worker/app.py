@@ -3,14 +3,7 @@ as ``descent worker`` starts it: each job runs in the worker's own process, one 
 
 import gc
 import logging
-import os
 from typing import Any
-
-# torch's OpenMP threads sleep when they wait, instead of spinning: the worker shares its
-# cores (with the API under `descent serve`, its own lease and checkpoint threads, other
-# workers), and a spinning thread that loses its core stalls every parallel step of the
-# others. Set before torch loads OpenMP; the environment still decides.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from celery.signals import (
     worker_process_init,
