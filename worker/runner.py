@@ -57,6 +57,9 @@ from worker.writer import (
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_EVERY = 0.2
+# The epochs' metrics commit at most this often (those ended meanwhile go in one transaction):
+# visible within this long, at a few commits a second however short the epochs.
+COMMIT_EVERY = 0.2
 # How often a running job checks its owner's compute budget (device_hours), at most.
 BUDGET_CHECK_SECONDS = 5.0
 # Set when the worker is asked to stop (SIGTERM: a redeploy, a spot or preemptible machine
@@ -334,7 +337,7 @@ class WorkerHooks(TrainerHooks):
         self._redo_cleared = False
         # The epochs' records and the checkpoints, each on a thread of its own.
         self.recorder: Background[EpochItem] = Background(
-            f"epochs-{job.id}", self._commit_epochs, batch=True
+            f"epochs-{job.id}", self._commit_epochs, batch=True, linger=COMMIT_EVERY
         )
         self.writer = CheckpointWriter(f"checkpoints-{job.id}", self._store_checkpoint)
 

@@ -1,12 +1,13 @@
 """A job's persistence, off the training thread: its epochs' records and its checkpoints.
 
 Two threads per run, each a ``Background`` queue. The recorder commits each epoch's
-metrics and the job's progress (worker/runner.py); epochs that queue while a commit runs
-go into the next transaction together, so a slow database never slows training, it only
-commits several epochs at once. The ``CheckpointWriter`` stores checkpoints: at the end of
-an epoch that is due one (see ``Cadence``), the training thread takes a ``Snapshot`` (the
-weights and the resume state, every tensor copied to the CPU, so the next epoch may change
-the model at once); the writer serializes it, stores both files (``Artifacts.write``: in
+metrics and the job's progress (worker/runner.py), at most one transaction every 0.2 s:
+epochs that end meanwhile go into the next one together, so small epochs make few commits
+and a slow database never slows training, it only commits several epochs at once. The
+``CheckpointWriter`` stores checkpoints: at the end of an epoch that is due one (see
+``Cadence``), the training thread takes a ``Snapshot`` (the weights and the resume state,
+every tensor copied to the CPU, so the next epoch may change the model at once); the
+writer serializes it, stores both files (``Artifacts.write``: in
 the local folder, written atomically and fsynced; in S3, uploaded from memory), waits for
 the recorder to have committed that epoch, then commits the checkpoint's row.
 
@@ -113,7 +114,9 @@ class Background(Generic[T]):
     """One thread that handles the items put to it, in the order they were put.
 
     ``batch``: each call of ``handle`` gets every item waiting (epochs that queued while a
-    commit ran go into one transaction), else one. ``merge(waiting, new)``: the items left
+    commit ran go into one transaction), else one. ``linger``: calls of ``handle`` start at
+    least this many seconds apart (the items put meanwhile wait for the next), except while
+    someone waits for them. ``merge(waiting, new)``: the items left
     waiting once ``new`` is put (by default all of them, then ``new``). Each item has a key
     (its epoch) that ``wait`` names. An item's error ends the thread: it is raised on the
     caller's thread by the next ``put`` or ``wait``, and the items still waiting are dropped.
@@ -126,8 +129,11 @@ class Background(Generic[T]):
         *,
         batch: bool,
         merge: Callable[[list[tuple[int, T]], tuple[int, T]], list[tuple[int, T]]] | None = None,
+        linger: float = 0.0,
     ) -> None:
-        self._handle, self._batch = handle, batch
+        self._handle, self._batch, self._linger = handle, batch, linger
+        self._last = -math.inf  # when the last call of handle started
+        self._waiters = 0
         self._merge = merge or (lambda waiting, new: [*waiting, new])
         self._cond = threading.Condition()
         self._waiting: list[tuple[int, T]] = []
@@ -144,15 +150,20 @@ class Background(Generic[T]):
             self._cond.notify_all()
 
     def wait(self, key: float = math.inf) -> None:
-        """Until every item put with a key up to ``key`` is handled (or merged away);
-        raises the thread's error."""
+        """Until every item put with a key up to ``key`` is handled (or merged away), at
+        once (no lingering); raises the thread's error."""
         with self._cond:
-            self._cond.wait_for(
-                lambda: (
-                    self._error is not None
-                    or all(k > key for k, _ in (*self._waiting, *self._running))
+            self._waiters += 1
+            self._cond.notify_all()
+            try:
+                self._cond.wait_for(
+                    lambda: (
+                        self._error is not None
+                        or all(k > key for k, _ in (*self._waiting, *self._running))
+                    )
                 )
-            )
+            finally:
+                self._waiters -= 1
             self._raise()
 
     def drain(self) -> None:
@@ -184,6 +195,14 @@ class Background(Generic[T]):
                 self._cond.wait_for(lambda: self._waiting or self._closed)
                 if not self._waiting:
                     return
+                # Lingering: items put within ``linger`` of the last call go into the next one
+                # together, unless someone waits for them or the queue closes.
+                due = self._last + self._linger
+                self._cond.wait_for(
+                    lambda due=due: self._closed or self._waiters > 0 or time.monotonic() >= due,
+                    timeout=max(0.0, due - time.monotonic()),
+                )
+                self._last = time.monotonic()
                 take = len(self._waiting) if self._batch else 1
                 self._running, self._waiting = self._waiting[:take], self._waiting[take:]
             try:

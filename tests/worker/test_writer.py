@@ -146,7 +146,7 @@ def test_a_kill_while_a_best_checkpoint_is_written_keeps_the_best(fast_lease: Se
     # Killed in the middle of writing epoch 4's weights (a new best), on the writer thread.
     assert run_victim(dies_writing("epoch-00004-1.safetensors"), job_id) == -9
     job = job_row(job_id)
-    assert job.status == "running" and job.epoch >= 4 and job.best_epoch >= 4
+    assert job.status == "running" and job.epoch >= 3 and job.best_epoch >= 3
     # The best checkpoint is still the last durable one (epoch 3), whole: it loads and its
     # bytes match its sha256; the half-written file has no row.
     artifacts = get_artifacts()
