@@ -45,10 +45,13 @@ def worker_command(queues: str, name: str) -> list[str]:
     time. No pool child to lose: with a prefork pool, a child killed while idle (as the OOM
     killer does) left the worker receiving tasks and never running one. A killed solo worker
     is simply gone; its supervisor starts it again, and the job's lease, once stale, lets the
-    sweeper queue the job again to resume from its last checkpoint."""
+    sweeper queue the job again to resume from its last checkpoint.
+
+    Without mingle and gossip: Descent revokes no task (a cancel is the job's flag) and reads
+    no worker events, so a start need not sync with the other workers (about a second)."""
     return [
         sys.executable, "-m", "celery", "-A", CELERY_APP, "worker", "--pool", "solo",
-        "-Q", queues, "--loglevel", "INFO", "-n", name,
+        "-Q", queues, "--loglevel", "INFO", "-n", name, "--without-mingle", "--without-gossip",
     ]  # fmt: skip
 
 
