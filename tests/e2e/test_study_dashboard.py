@@ -45,6 +45,9 @@ PAGE_STATE = """(() => {
 ROW_NUMBERS = "[...document.querySelectorAll('#trials tbody tr')].map((r) => +r.dataset.number)"
 
 
+EPOCHS = 12  # per trial
+
+
 def screenshot_whole_page(browser: Browser, path: Path) -> None:
     """The page from top to bottom, not only the window's 900 pixels."""
     height = browser.evaluate("document.documentElement.scrollHeight")
@@ -69,7 +72,9 @@ def test_the_study_page_draws_a_running_study_live_in_chromium(embedded_service:
             "dataset": {"name": "digits", "val_fraction": 0.2, "seed": 0},
             "model": {"arch": "mlp", "hidden": [16]},
             "optimizer": {"name": "adam", "lr": 0.01},
-            "training": {"epochs": 4, "batch_size": 16, "seed": 0},
+            # 12 epochs of batches of 4: the study runs for several seconds, so the page
+            # (updated every second) sees it through several states on a fast machine too.
+            "training": {"epochs": EPOCHS, "batch_size": 4, "seed": 0},
             "checkpoints": {"keep_top_k": 1},
         },
         "space": {
@@ -167,7 +172,7 @@ def test_the_study_page_draws_a_running_study_live_in_chromium(embedded_service:
     assert sorted(page["prunedCurves"]) == pruned and page["pruneMarks"] == len(pruned)
     for trial in trials:
         if trial["status"] == "pruned":
-            assert points[trial["number"]] == trial["epochs"] == trial["stop"]["epoch"] < 4
+            assert points[trial["number"]] == trial["epochs"] == trial["stop"]["epoch"] < EPOCHS
 
     # Parallel coordinates: a line per ended trial, an axis per parameter and the objective.
     ended = sorted(t["number"] for t in trials if t["value"] is not None)
