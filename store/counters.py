@@ -17,7 +17,7 @@ The epoch duration histogram (``descent_epoch_duration_seconds``) is three names
   seconds (an epoch longer than the last bound is in the count only, as Prometheus's +Inf).
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import func, select
@@ -68,7 +68,16 @@ def epoch_increments(seconds: float) -> dict[str, float]:
 
 
 def count_epoch(session: Session, source: str, seconds: float) -> None:
-    add(session, source, epoch_increments(seconds))
+    count_epochs(session, source, [seconds])
+
+
+def count_epochs(session: Session, source: str, durations: Iterable[float]) -> None:
+    """Epochs of these durations (seconds) committed together: one upsert for all."""
+    increments: dict[str, float] = {}
+    for seconds in durations:
+        for name, value in epoch_increments(seconds).items():
+            increments[name] = increments.get(name, 0.0) + value
+    add(session, source, increments)
 
 
 def totals(session: Session, names: tuple[str, ...]) -> dict[str, float]:

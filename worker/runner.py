@@ -387,17 +387,17 @@ class WorkerHooks(TrainerHooks):
             raise LeaseLost(self.job_id)
         seconds = time.monotonic() - self._mark
         self._mark = time.monotonic()
-        self.total_epochs = trainer.spec.training.epochs
-        notify = trainer.spec.notify
-        self.best_events = notify is not None and "best" in notify.events
+        if self.cadence is None:  # this run's first epoch (before the recorder reads these)
+            spec = trainer.spec
+            self.cadence = Cadence(spec.checkpoints, spec.training.epochs)
+            self.total_epochs = spec.training.epochs
+            self.best_events = spec.notify is not None and "best" in spec.notify.events
         self.recorder.put(EpochItem(record, seconds), record.epoch)  # raises a failed commit
         self.runtime += seconds
         self._check_runtime(self.runtime, record.epoch)
         if self.trial and self.pruned is None and record.stop is None:
             self.recorder.wait(record.epoch)
         self._take_findings()
-        if self.cadence is None:
-            self.cadence = Cadence(trainer.spec.checkpoints, trainer.spec.training.epochs)
         # A run about to stop (a limit, a pruner, a cancel) ends with its last epoch's checkpoint.
         if self.cadence.due(record) or self.should_stop():
             if not record.is_best:
@@ -466,13 +466,9 @@ class WorkerHooks(TrainerHooks):
             peak = int(max(peaks))
             kept = Job.peak_memory_bytes
             values["peak_memory_bytes"] = case((kept.is_(None) | (kept < peak), peak), else_=kept)
-        # The epoch's durations, counted as they commit (store/counters.py).
-        increments: dict[str, float] = {}
-        for record in records:
-            seconds = finite(record.metrics.get("epoch_seconds"))
-            if seconds is not None:
-                for name, value in counters.epoch_increments(seconds).items():
-                    increments[name] = increments.get(name, 0.0) + value
+        # The epochs' durations, counted as they commit (store/counters.py).
+        durations = (finite(r.metrics.get("epoch_seconds")) for r in records)
+        counted = [seconds for seconds in durations if seconds is not None]
         stale: list[Any] = []
         with session_scope() as session:
             if session.get_bind().dialect.name == "postgresql":
@@ -503,7 +499,7 @@ class WorkerHooks(TrainerHooks):
                 for name, value in r.metrics.items()
             ]
             session.execute(insert(Metric), rows)
-            counters.add(session, counter_source(self.lease.worker), increments)
+            counters.count_epochs(session, counter_source(self.lease.worker), counted)
             self._check_budget(session)
             if self.trial:
                 for record in records:

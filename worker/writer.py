@@ -180,11 +180,6 @@ class Background(Generic[T]):
             self._cond.notify_all()
         self._thread.join()
 
-    def waiting(self) -> int:
-        """Items put and not yet being handled."""
-        with self._cond:
-            return len(self._waiting)
-
     def _raise(self) -> None:
         if self._error is not None:
             raise self._error
