@@ -1156,6 +1156,7 @@ def _rng_state() -> dict[str, Any]:
     # legacy=True is the default; the global MT19937 generator's legacy state is this tuple.
     state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
     name, keys, pos, has_gauss, cached = state
+    version, words, gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -1166,7 +1167,8 @@ def _rng_state() -> dict[str, Any]:
             "has_gauss": has_gauss,
             "cached": cached,
         },
-        "python": random.getstate(),
+        # Its 625 words as one tensor: a tuple of ints is copied and pickled word by word.
+        "python": (version, torch.tensor(words, dtype=torch.int64), gauss),
     }
 
 
@@ -1183,5 +1185,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(
         (np_state["name"], keys, np_state["pos"], np_state["has_gauss"], np_state["cached"])
     )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
+    version, words, gauss = state["python"]
+    if isinstance(words, torch.Tensor):  # a state written before held a tuple of ints
+        words = words.tolist()
+    random.setstate((version, tuple(words), gauss))

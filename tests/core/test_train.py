@@ -294,6 +294,26 @@ def test_resume_state_is_plain_and_checked(tmp_path: Path) -> None:
         load_state(path.with_suffix(".missing"))
 
 
+def test_python_random_state_is_one_tensor_and_old_states_still_load() -> None:
+    """The resume state keeps Python's 625-word random state as one int64 tensor (a tuple of
+    ints is copied and pickled word by word each epoch); a state written as a tuple by an
+    earlier version restores the same stream."""
+    import random
+
+    from core.train import _rng_state, _set_rng_state
+
+    random.seed(7)
+    state = _rng_state()
+    version, words, gauss = state["python"]
+    assert isinstance(words, torch.Tensor) and words.dtype == torch.int64 and len(words) == 625
+    want = [random.random() for _ in range(3)]
+    _set_rng_state(state)
+    assert [random.random() for _ in range(3)] == want
+    state["python"] = (version, tuple(words.tolist()), gauss)  # the earlier format
+    _set_rng_state(state)
+    assert [random.random() for _ in range(3)] == want
+
+
 def test_newton_converges_on_regularized_softmax_regression() -> None:
     spec = make_spec(
         model={"hidden": []},
