@@ -259,7 +259,7 @@ def top_up(
     """Make the trials the study has room for now; returns their job ids (sent to their
     queue once committed). Ends the study once its last trial has ended."""
     settings = settings or get_settings()
-    made: list[tuple[str, str, datetime | None]] = []
+    sent: list[tuple[str, str, datetime | None]] = []  # the trials made, to send
     try:
         with _transaction(sessions) as session:
             study = session.get(Study, study_id)
@@ -270,35 +270,40 @@ def top_up(
             session.refresh(study)
             if study.status != StudyStatus.RUNNING:
                 return []
-            # The trials' objectives only for TPE: the others' proposals never read them.
-            records = load(session, study, values=study.spec["algorithm"] == "tpe")
-            running = sum(r.status in ACTIVE for r in records)
+            # TPE's proposals read every trial; random and grid ones only the trial's number
+            # (the trials are counted, not read: that grew with every trial made).
+            tpe = study.spec["algorithm"] == "tpe"
+            records = load(session, study) if tpe else []
+            if tpe:
+                made, running = len(records), sum(r.status in ACTIVE for r in records)
+            else:
+                made, running = _counts(session, study.id)
             cap = _cap(study)
-            if len(records) >= cap:
+            if made >= cap:
                 if running == 0:
                     study.status, study.finished_at = StudyStatus.COMPLETED, utcnow()
                 return []
             room = min(
                 study.spec["parallelism"] - running,
-                cap - len(records),
+                cap - made,
                 limits.active_jobs - active_jobs(session, study.owner),
             )
             if limits.device_hours is not None:
                 if used_device_hours(session, study.owner) >= limits.device_hours:
                     room = 0
-            for _ in range(max(room, 0)):
-                number = len(records)
+            for number in range(made, made + max(room, 0)):
                 point = propose(study, records, number)
                 if point is None:
                     break
                 job = _make_trial(session, study, number, point)
-                made.append((job.id, job.queue, job.unsent_since))
-                records.append(TrialRecord(number, job.id, job.status, point, {}, None))
+                sent.append((job.id, job.queue, job.unsent_since))
+                if tpe:
+                    records.append(TrialRecord(number, job.id, job.status, point, {}, None))
     except IntegrityError:
         # Another top-up made these trial numbers first: nothing to do.
         log.info("study %s: a concurrent top-up made the trials", study_id)
         return []
-    for job_id, queue, unsent_since in made:
+    for job_id, queue, unsent_since in sent:
         try:
             send(job_id, queue)
         except Exception as exc:  # noqa: BLE001 - any broker failure: the trial fails
@@ -310,7 +315,19 @@ def top_up(
                     job.status, job.error, job.finished_at = JobStatus.FAILED, message, utcnow()
         else:
             outbox.mark_sent(lambda: _transaction(sessions), job_id, unsent_since)
-    return [job_id for job_id, _, _ in made]
+    return [job_id for job_id, _, _ in sent]
+
+
+def _counts(session: Session, study_id: str) -> tuple[int, int]:
+    """(trials made, trials queued or running) of the study."""
+    active = func.coalesce(func.sum(case((Job.status.in_(ACTIVE), 1), else_=0)), 0)
+    made, running = session.execute(
+        select(func.count(), active)
+        .select_from(StudyTrial)
+        .join(Job, Job.id == StudyTrial.job_id)
+        .where(StudyTrial.study_id == study_id)
+    ).one()
+    return int(made), int(running)
 
 
 def _make_trial(session: Session, study: Study, number: int, point: dict[str, Any]) -> Job:
