@@ -75,3 +75,48 @@ def configure(**env: str) -> None:
     db.get_engine.cache_clear()
     db.get_sessionmaker.cache_clear()
     get_settings.cache_clear()
+
+
+# What each kind of process is, by a word of its command line (the first that matches).
+PROCESS_KINDS = (
+    ("worker", "celery"),
+    ("worker", "worker"),
+    ("s3 server", "moto"),
+    ("api", "uvicorn"),
+    ("api", " api"),
+    ("api", "serve"),
+    ("postgresql", "postgres"),
+    ("redis", "redis"),
+)
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the machine's processes, summed by kind
+    (``PROCESS_KINDS``; "benchmark" is this process): two readings' difference tells where
+    the CPU went meanwhile. Linux only ({} elsewhere); processes that ended are not counted."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[str, float] = {}
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return out
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        used = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        if int(pid) == os.getpid():
+            kind = "benchmark"
+        else:
+            kind = next((k for k, word in PROCESS_KINDS if word in command), "other")
+        out[kind] = out.get(kind, 0.0) + used
+    return out
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What each kind of process used between two ``cpu_seconds()`` readings."""
+    return {k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0) > 0}

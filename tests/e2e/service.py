@@ -63,10 +63,16 @@ class Service:
         return response.json()
 
     def wait(
-        self, job_id: str, until: Any = None, timeout: float = 90, what: str = ""
+        self,
+        job_id: str,
+        until: Any = None,
+        timeout: float = 90,
+        what: str = "",
+        interval: float = 0.05,
     ) -> dict[str, Any]:
-        """Poll the job until ``until(job)`` holds (default: it has ended); ``timeout`` is
-        scaled with the machine, ``what`` names the awaited state in a failure."""
+        """Poll the job every ``interval`` seconds until ``until(job)`` holds (default: it
+        has ended); ``timeout`` is scaled with the machine, ``what`` names the awaited state
+        in a failure."""
         what = what or ("to end" if until is None else "to reach the awaited state")
         until = until or (lambda job: job["status"] in TERMINAL)
         last: dict[str, Any] = {}
@@ -86,6 +92,7 @@ class Service:
             f"job {job_id} {what}",
             check,
             timeout,
+            interval=interval,
             detail=lambda: f"its last state: {last}\n{self.tail()}",
         )
 
