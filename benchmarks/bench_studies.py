@@ -4,10 +4,11 @@ trainings run back to back by the core in one process; then the same search with
 The study (random, seed 0) of 5-epoch digits MLPs runs through ``descent serve`` (the
 embedded service: SQLite, one worker) from ``POST /v1/studies`` until the study reads
 completed; its wall time is the service's own: the study's ``created_at → finished_at``
-(polled every half second: the polls' own work would otherwise be the service's). Then the specs of its trials (their jobs' specs, fetched
-from the service) are trained one after the other by ``core.Trainer`` in this process, with
-no hooks: the ratio of the two wall times is what the service adds per trial (submit,
-dispatch, setup in a worker, metrics and checkpoint persistence, the next trial's proposal).
+(polled every half second: the polls' own work would otherwise be the service's). Then the
+specs of its trials (their jobs' specs, fetched from the service) are trained one after the
+other by ``core.Trainer`` in this process, with no hooks: the ratio of the two wall times is
+what the service adds per trial (dispatch, setup in a worker, metrics and checkpoint
+persistence, the next trial's proposal).
 The same search with ASHA (rungs at epochs 1 and 3, reduction factor 3) reports its wall
 time, epochs trained and best objective against the search without pruning.
 

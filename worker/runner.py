@@ -549,6 +549,7 @@ class WorkerHooks(TrainerHooks):
     def _store_checkpoint(self, snap: Snapshot) -> None:
         """On the writer thread: the files, stored, then (once its epoch is committed) the
         row that makes them durable."""
+        started = time.monotonic()
         # The attempt in the name: a worker presumed dead never overwrites the new run's files.
         stem = f"{self.job_id}/epoch-{snap.epoch:05d}-{self.attempt}"
         # Stored (in the folder, fsynced; or uploaded from memory) before its row names it.
@@ -572,6 +573,8 @@ class WorkerHooks(TrainerHooks):
             if snap.is_best:
                 job.best_checkpoint_id = checkpoint.id
             doomed = self._retire(session, job)
+        if self.cadence is not None:  # the default interval follows the writes' cost
+            self.cadence.wrote(time.monotonic() - started)
         self._delete_files(doomed)
 
     def _delete_files(self, rows: list[Any]) -> None:

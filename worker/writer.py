@@ -69,10 +69,15 @@ class StoredFiles:
 
 
 def store_files(artifacts: Artifacts, stem: str, contents: CheckpointSnapshot) -> StoredFiles:
-    """A checkpoint's two files stored under the key ``stem`` (``Artifacts.write``): the
-    weights go up as soon as they are encoded, while the resume state is encoded and stored."""
+    """A checkpoint's two files stored under the key ``stem`` (``Artifacts.write``); to an
+    object store, the weights go up as soon as they are encoded, while the resume state is
+    encoded and stored."""
     weights = contents.encode_weights()
     sha256 = hashlib.sha256(weights).hexdigest()
+    if not artifacts.remote:  # a local folder: nothing to overlap
+        weights_key = artifacts.write(f"{stem}{WEIGHTS_SUFFIX}", weights, sha256)
+        state_key = artifacts.write(f"{stem}{STATE_SUFFIX}", contents.encode_state())
+        return StoredFiles(weights_key, state_key, len(weights), sha256)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="weights") as pool:
         stored = pool.submit(artifacts.write, f"{stem}{WEIGHTS_SUFFIX}", weights, sha256)
         state_key = artifacts.write(f"{stem}{STATE_SUFFIX}", contents.encode_state())
@@ -84,12 +89,21 @@ def snapshot(trainer: Trainer, record: EpochRecord) -> Snapshot:
     return Snapshot(record.epoch, record.value, record.is_best, trainer.snapshot())
 
 
+# The default interval between checkpoints (``min_interval_seconds`` unset): at least
+# AUTO_INTERVAL seconds, and at least the last write's time over WRITE_SHARE.
+AUTO_INTERVAL = 1.0
+WRITE_SHARE = 0.02
+
+
 class Cadence:
-    """Which epochs are due a checkpoint: every ``every_epochs``-th epoch, once
-    ``min_interval_seconds`` have passed since the last one, and always the last epoch (the
-    epoch limit, or one that stops the run). A best epoch between two due ones is held in
-    memory and written with the next due one (worker/runner.py): the best is always
-    written, the run's epochs are never slowed by writing each best of an improving run."""
+    """Which epochs are due a checkpoint: every ``every_epochs``-th epoch, once the interval
+    has passed since the last one, and always the last epoch (the epoch limit, or one that
+    stops the run). The interval is ``min_interval_seconds``, or by default at least a
+    second and at least 50 times the last write's time (``wrote``): writing takes at most
+    2% of the run, whatever the model's size and the store's speed. A best epoch between
+    two due ones is held in memory and written with the next due one (worker/runner.py):
+    the best is always written, the run's epochs are never slowed by writing each best of
+    an improving run."""
 
     def __init__(
         self,
@@ -97,9 +111,16 @@ class Cadence:
         last_epoch: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.every, self.interval = spec.every_epochs, spec.min_interval_seconds
+        self.every, self.fixed = spec.every_epochs, spec.min_interval_seconds
         self.last_epoch, self.clock = last_epoch, clock
         self.last_write = clock()
+        self.write_seconds = 0.0  # how long the last checkpoint took to store
+
+    @property
+    def interval(self) -> float:
+        if self.fixed is not None:
+            return self.fixed
+        return max(AUTO_INTERVAL, self.write_seconds / WRITE_SHARE)
 
     def due(self, record: EpochRecord) -> bool:
         if record.stop is not None or record.epoch >= self.last_epoch:
@@ -107,7 +128,12 @@ class Cadence:
         return record.epoch % self.every == 0 and self.clock() - self.last_write >= self.interval
 
     def written(self) -> None:
+        """A checkpoint was handed to the writer now."""
         self.last_write = self.clock()
+
+    def wrote(self, seconds: float) -> None:
+        """The writer stored one in ``seconds`` (called on its thread)."""
+        self.write_seconds = seconds
 
 
 class Background(Generic[T]):
@@ -132,7 +158,9 @@ class Background(Generic[T]):
         linger: float = 0.0,
     ) -> None:
         self._handle, self._batch, self._linger = handle, batch, linger
-        self._last = -math.inf  # when the last call of handle started
+        # When the last call of handle started: the first call lingers too (a short run's
+        # epochs commit together, at its end).
+        self._last = time.monotonic()
         self._waiters = 0
         self._merge = merge or (lambda waiting, new: [*waiting, new])
         self._cond = threading.Condition()

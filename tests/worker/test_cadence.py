@@ -97,8 +97,9 @@ def test_a_run_stopped_early_ends_with_its_last_epochs_checkpoint(sqlite_env: Se
 
 def test_the_default_cadence_and_no_cadence_changes_the_hash() -> None:
     spec = CheckpointSpec()
-    # Every epoch, at most one a second: a 10-ms epoch job writes every ~100th epoch.
-    assert (spec.every_epochs, spec.min_interval_seconds) == (1, 1.0)
+    # Every epoch, at most one a second (or less often for slow writes, see below): a 10-ms
+    # epoch job writes every ~100th epoch.
+    assert (spec.every_epochs, spec.min_interval_seconds) == (1, None)
     # When checkpoints are written does not change the training: a spec without the
     # cadence's fields (written before they existed), or with any cadence, keeps its hash,
     # so its checkpoints resume.
@@ -131,6 +132,32 @@ def test_the_interval_counts_from_the_last_checkpoint() -> None:
     now[0] = 20.0
     assert cadence.due(record(6)) and not cadence.due(record(7))
     assert cadence.due(record(100))  # the last epoch
+
+
+def test_the_default_interval_keeps_writing_under_two_percent_of_the_run() -> None:
+    """Unset, the interval is a second, or 50 times the last write's time when that is
+    longer: a checkpoint that takes 0.1 s to store is written at most every 5 s."""
+    now = [0.0]
+    clock: Callable[[], float] = lambda: now[0]  # noqa: E731
+    cadence = Cadence(CheckpointSpec(), 100, clock)
+    now[0] = 0.99
+    assert not cadence.due(record(1))
+    now[0] = 1.0
+    assert cadence.due(record(1))
+    cadence.written()
+    cadence.wrote(0.1)  # the writer took 0.1 s
+    now[0] = 5.99
+    assert not cadence.due(record(2)) and not cadence.due(record(3, best=True))
+    now[0] = 6.0
+    assert cadence.due(record(4))
+    cadence.written()
+    cadence.wrote(0.005)  # fast again: back to a second
+    now[0] = 7.0
+    assert cadence.due(record(5))
+    # An explicit interval is exact, whatever the writes cost.
+    fixed = Cadence(CheckpointSpec(min_interval_seconds=0), 100, clock)
+    fixed.wrote(10.0)
+    assert fixed.due(record(6))
 
 
 # ------------------------------------------------------------------ a crash between checkpoints
