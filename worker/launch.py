@@ -158,7 +158,7 @@ def _rank(
         try:
             trainer = runner.resume(spec, hooks, job.id, artifacts, resources)
             if rank == 0:
-                runner._record_parameters(job.id, worker, trainer.parameter_counts())
+                hooks.parameters = trainer.parameter_counts()
                 runtime = runner._runtime(job.id)
                 hooks.limit_runtime(spec.training.max_runtime_seconds, runtime, trainer.epoch)
                 hooks.start_clock()

@@ -324,6 +324,9 @@ class WorkerHooks(TrainerHooks):
         self.pruned: dict[str, Any] | None = None
         self.total_epochs = 0  # the spec's training.epochs, for the pruner
         self.best_events = False  # the job's webhooks want an event for each new best
+        # The built model's trainable and frozen parameter counts: on the job's row with the
+        # first commit (set before training starts).
+        self.parameters: dict[str, int] | None = None
         # What the recorder's commits found (a used-up budget, a pruning): acted on at the
         # end of the training thread's next epoch, never in the middle of one.
         self._found_budget: str | None = None
@@ -457,6 +460,9 @@ class WorkerHooks(TrainerHooks):
         }
         if not self.best_events:
             values.update(best_epoch=last.best_epoch, best_value=finite(last.best_value))
+        parameters = self.parameters
+        if parameters is not None:
+            values["parameters"] = parameters
         diagnoses = [r.diagnosis for r in records if r.diagnosis is not None]
         if diagnoses:
             values["diagnosis"] = diagnoses[-1]
@@ -508,6 +514,8 @@ class WorkerHooks(TrainerHooks):
                             session, self.job_id, record.epoch, self.total_epochs
                         )
         self._redo_cleared = True
+        if self.parameters is parameters:
+            self.parameters = None  # recorded
         self._delete_files(stale)
 
     def _record_bests(self, session: Any, records: list[EpochRecord]) -> None:
@@ -685,8 +693,9 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
             result = launch.train(job, spec, worker, lease, hooks, resources)
         else:
             trainer = resume(spec, hooks, job_id, artifacts, resources)
-            _record_parameters(job_id, worker, trainer.parameter_counts())
-            hooks.limit_runtime(spec.training.max_runtime_seconds, _runtime(job_id), trainer.epoch)
+            hooks.parameters = trainer.parameter_counts()
+            runtime = job.runtime_seconds or 0.0  # as claimed: only the lease holder adds to it
+            hooks.limit_runtime(spec.training.max_runtime_seconds, runtime, trainer.epoch)
             hooks.start_clock()
             result = trainer.train()
         hooks.finish()  # every epoch committed, the last checkpoint durable
@@ -776,14 +785,6 @@ def resume(
         log.info("job %s resumes after epoch %d", job_id, row.epoch)
         return trainer
     return trainer
-
-
-def _record_parameters(job_id: str, worker: str, counts: dict[str, int]) -> None:
-    """The built model's trainable and frozen parameter counts, on the job's row."""
-    with session_scope() as session:
-        session.execute(
-            update(Job).where(Job.id == job_id, Job.worker == worker).values(parameters=counts)
-        )
 
 
 def _runtime(job_id: str) -> float:
