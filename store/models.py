@@ -295,7 +295,11 @@ class WebhookDelivery(Base):
     in seq order, each until it is accepted or its attempts run out."""
 
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+    # The status index: the sweepers look for the open rows (store/webhooks.py ``overdue``).
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq"),
+        Index("ix_webhook_deliveries_status", "status"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

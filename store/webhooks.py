@@ -19,6 +19,7 @@ import ipaddress
 import secrets
 import socket
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +34,7 @@ SIGNATURE_HEADER = "Descent-Signature"
 # The event's id (``<job id>-<seq>``), the same on every attempt: what a receiver dedupes on.
 DELIVERY_HEADER = "Descent-Delivery"
 _PENDING = "webhooks.pending_jobs"
+OPEN = ("pending", "sending")  # an event not yet delivered nor given up
 
 _notifier: Callable[[Iterable[str]], None] | None = None
 
@@ -275,16 +277,38 @@ def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
                 _add(session, obj, names)
 
 
+def notify(job_ids: Iterable[str]) -> None:
+    """Have the jobs' open events posted (this process's notifier: a delivery task each).
+    A failure is logged: the rows stay open, and a sweeper sends them (``overdue``)."""
+    if _notifier is None:
+        return
+    try:
+        _notifier(sorted(job_ids))
+    except Exception:  # noqa: BLE001
+        import logging
+
+        logging.getLogger(__name__).warning("could not send webhook task", exc_info=True)
+
+
+def overdue(session: Session, before: datetime) -> list[str]:
+    """The jobs with an event still open that should have been tried before ``before``: a
+    pending one due then (its task lost: not sent after its commit, or taken by a worker
+    that died), or one whose sender's claim expired then (the sender died mid-POST)."""
+    due = func.coalesce(WebhookDelivery.next_attempt_at, WebhookDelivery.created_at)
+    return list(
+        session.scalars(
+            select(WebhookDelivery.job_id)
+            .where(WebhookDelivery.status.in_(OPEN), due < before)
+            .distinct()
+        )
+    )
+
+
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
     jobs = session.info.pop(_PENDING, None)
-    if jobs and _notifier is not None:
-        try:
-            _notifier(sorted(jobs))
-        except Exception:  # noqa: BLE001 - the rows stay pending; the next event sends them
-            import logging
-
-            logging.getLogger(__name__).warning("could not send webhook task", exc_info=True)
+    if jobs:
+        notify(jobs)
 
 
 @event.listens_for(Session, "after_rollback")

@@ -12,6 +12,12 @@ It sends again the jobs queued whose task message is not recorded as sent
 the send (store/outbox.py). Taking such a job is a compare-and-set on its ``unsent_since``,
 so one sweeper sends it; should that one die too, the job is sent after another grace.
 
+It sends again the delivery task of each job whose webhook events are still open
+``resend_grace_seconds`` after they were due (``resend_deliveries``): their task was never
+sent, or was lost with the worker that took it (the embedded broker forgets a message once
+it is taken), or their sender died mid-POST. A task sent twice posts each event once (each
+POST is claimed first: worker/webhooks.py).
+
 It also tops up the running studies (``studies.sweep``): a study whose worker died between
 one trial's end and the next trial's making gets that trial at the next pass, and a study
 whose trials have all ended is completed.
@@ -47,8 +53,21 @@ def sweep(sessions: sessionmaker[Session], send: Send, settings: Settings) -> li
     studies; returns the ids of the jobs sent again (in that order)."""
     requeued = _sweep_jobs(sessions, send, settings)
     resent = resend_unsent(sessions, send, settings)
+    resend_deliveries(sessions, settings)
     studies.sweep(sessions, send, settings)
     return requeued + resent
+
+
+def resend_deliveries(sessions: sessionmaker[Session], settings: Settings) -> list[str]:
+    """Send a delivery task again for the jobs whose webhook events are overdue by the
+    grace period (``webhooks.overdue``); returns their ids."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=settings.resend_grace_seconds)
+    with sessions() as session:
+        jobs = webhooks.overdue(session, cutoff)
+    if jobs:
+        log.warning("webhook events of %d job(s) overdue: their delivery is sent again", len(jobs))
+        webhooks.notify(jobs)
+    return jobs
 
 
 def resend_unsent(sessions: sessionmaker[Session], send: Send, settings: Settings) -> list[str]:

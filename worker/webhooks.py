@@ -35,8 +35,6 @@ from store.models import Job, WebhookDelivery, utcnow
 
 log = logging.getLogger(__name__)
 
-OPEN = ("pending", "sending")
-
 
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:  # SQLite keeps no zone
@@ -71,7 +69,7 @@ def deliver(job_id: str, settings: Settings | None = None) -> float | None:
         with session_scope() as session:
             row = session.scalars(
                 select(WebhookDelivery)
-                .where(WebhookDelivery.job_id == job_id, WebhookDelivery.status.in_(OPEN))
+                .where(WebhookDelivery.job_id == job_id, WebhookDelivery.status.in_(webhooks.OPEN))
                 .order_by(WebhookDelivery.seq)
                 .limit(1)
             ).first()

@@ -418,3 +418,49 @@ def test_a_job_ended_by_a_plain_update_records_its_status_event_once(
     if job.stop is not None:
         assert job.stop.get("failure") == failure
     assert (data["error"] is not None) == (status == "failed")
+
+
+# ---------------------------------------------------------------------------- lost tasks
+
+
+def test_events_whose_task_was_lost_are_posted_once_a_sweeper_finds_them_overdue(
+    db_env: Settings, monkeypatch: pytest.MonkeyPatch, receiver: Receiver
+) -> None:
+    """A job's last event whose delivery task is lost (sent nowhere here: as when the
+    worker that took it died, the embedded broker having forgotten the message) would
+    never be posted, no later event coming to send it. A sweeper sends its task again once
+    it is overdue by the grace period; an event within it is left to its own task, and a
+    delivered one is not sent again."""
+    from datetime import timedelta
+
+    settings = allow_private(monkeypatch, DESCENT_RESEND_GRACE_SECONDS="30")
+    sent: list[list[str]] = []
+    monkeypatch.setattr(webhooks, "_notifier", lambda job_ids: sent.append(list(job_ids)))
+    job_id = make_job({**SPEC, "notify": {"url": receiver.url}}, status="running")
+    with session_scope() as session:
+        session.get_one(Job, job_id).status = "failed"  # its status event, its task lost
+    assert sent == [[job_id]] and [r.status for r in rows(job_id)] == ["pending"]
+
+    def sweep_once() -> None:
+        assert sweep(get_sessionmaker(), lambda *job: pytest.fail(f"sent {job}"), settings) == []
+
+    sweep_once()
+    assert sent == [[job_id]]  # within the grace period: its own task may still come
+    with session_scope() as session:  # 31 s later
+        row = session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id))
+        row.one().created_at = utcnow() - timedelta(seconds=31)
+    # This time the task is sent and run (a worker's notifier: worker/webhooks.py).
+    monkeypatch.setattr(webhooks, "_notifier", lambda job_ids: [deliver(j) for j in job_ids])
+    sweep_once()
+    [row] = rows(job_id)
+    assert (row.status, row.attempts) == ("delivered", 1)
+    assert [json.loads(r["body"])["id"] for r in receiver.accepted()] == [f"{job_id}-1"]
+    sweep_once()  # delivered: nothing to send
+    assert len(receiver.seen) == 1
+    # A sender that died mid-POST: its claim expired more than the grace period ago.
+    with session_scope() as session:
+        found = session.get_one(WebhookDelivery, row.id)
+        found.status, found.next_attempt_at = "sending", utcnow() - timedelta(seconds=31)
+        assert webhooks.overdue(session, utcnow() - timedelta(seconds=30)) == [job_id]
+        found.next_attempt_at = utcnow()
+        assert webhooks.overdue(session, utcnow() - timedelta(seconds=30)) == []
