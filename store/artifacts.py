@@ -152,8 +152,9 @@ def get_artifacts(settings: Settings | None = None) -> Artifacts:
     return LocalArtifacts(settings.artifacts_dir)
 
 
-def atomic_copy(source: BinaryIO, destination: Path, chunk: int = CHUNK) -> str:
-    """Copy a file object to ``destination`` atomically; return the sha256 of what was written.
+def atomic_copy(source: BinaryIO, destination: Path, chunk: int = CHUNK) -> None:
+    """Copy a file object to ``destination`` atomically (not hashed: the callers hold the
+    sha256 already, when they need one).
 
     A temp file in the same folder, fsynced, then ``os.replace``: a crash mid-copy leaves no
     half file under the final name (only a hidden temp file, which sweeps remove).
@@ -161,12 +162,10 @@ def atomic_copy(source: BinaryIO, destination: Path, chunk: int = CHUNK) -> str:
     destination.parent.mkdir(parents=True, exist_ok=True)
     folder, prefix = destination.parent, f".{destination.name}."
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
-    digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out:
             source.seek(0)
             while block := source.read(chunk):
-                digest.update(block)
                 out.write(block)
             out.flush()
             os.fsync(out.fileno())
@@ -174,7 +173,6 @@ def atomic_copy(source: BinaryIO, destination: Path, chunk: int = CHUNK) -> str:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return digest.hexdigest()
 
 
 def file_sha256(path: Path) -> str:
