@@ -80,12 +80,16 @@ def timeline(jobs: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def run_core(specs: list[dict[str, Any]]) -> float:
+    from core.errors import NonFiniteLoss
     from core.spec import JobSpec
     from core.train import Trainer
 
     started = time.perf_counter()
     for spec in specs:
-        Trainer(JobSpec.model_validate(spec)).train()
+        try:
+            Trainer(JobSpec.model_validate(spec)).train()
+        except NonFiniteLoss:
+            pass  # a diverging trial stops there in the service too (the job fails)
     return time.perf_counter() - started
 
 

@@ -270,6 +270,9 @@ class Trainer:
         # Every completed epoch's metrics since the job started (kept across resumes) and the
         # validation metrics before the first step: what the diagnosis reads.
         self.metrics_history: list[dict[str, float]] = []
+        # metrics_history's series (_SERIES) as rows of a growing tensor, appended as epochs
+        # end (see _history_state): (the list they were read from, names, tensor, rows).
+        self._series: tuple[list[dict[str, float]], list[str], torch.Tensor, int] | None = None
         self.initial_metrics: dict[str, float] | None = None
         self.warnings: list[str] = warnings(self.spec)
         self._diagnosis: dict[str, Any] | None = None
@@ -1041,13 +1044,25 @@ class Trainer:
         one float64 tensor (a resume state is written every epoch; a list of dicts of every
         metric would make a 10,000-epoch job write gigabytes), plus the last epoch in full
         (its per-layer gradient norms)."""
-        names = [n for n in _SERIES if self.metrics_history and n in self.metrics_history[0]]
-        values = torch.tensor(
-            [[m.get(n, math.nan) for n in names] for m in self.metrics_history],
-            dtype=torch.float64,
-        )
-        last = dict(self.metrics_history[-1]) if self.metrics_history else None
-        return {"names": names, "values": values.reshape(-1, len(names)), "last": last}
+        history = self.metrics_history
+        names = [n for n in _SERIES if history and n in history[0]]
+        series = self._series
+        if series is None or series[0] is not history or series[1] != names:
+            # Read from the start: a new run, or a history restored from a checkpoint.
+            series = (history, names, torch.empty((64, len(names)), dtype=torch.float64), 0)
+        _, _, values, rows = series
+        n = len(history)
+        if n > values.shape[0]:  # grown by doubling: appending stays cheap
+            values = torch.cat(
+                [values[:rows], torch.empty((2 * n - rows, len(names)), dtype=values.dtype)]
+            )
+        if n > rows:
+            new = [[m.get(name, math.nan) for name in names] for m in history[rows:n]]
+            values[rows:n] = torch.tensor(new, dtype=torch.float64).reshape(n - rows, len(names))
+        self._series = (history, names, values, n)
+        last = dict(history[-1]) if history else None
+        # A copy of the rows so far (a slice would save the whole buffer).
+        return {"names": names, "values": values[:n].clone(), "last": last}
 
     def _state_dict(self) -> dict[str, Any]:
         return {

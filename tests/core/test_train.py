@@ -314,6 +314,43 @@ def test_python_random_state_is_one_tensor_and_old_states_still_load() -> None:
     assert [random.random() for _ in range(3)] == want
 
 
+def test_the_resume_states_series_grow_with_the_epochs_and_match_the_history(
+    tmp_path: Path,
+) -> None:
+    """The series the diagnosis follows are kept as a tensor that grows epoch by epoch (a
+    snapshot then copies them, not rebuilds them from every epoch's metrics): at every
+    epoch, and after a resume, they are exactly the history's, and a state holds only its
+    own rows."""
+
+    def rebuilt(trainer: Trainer) -> torch.Tensor:
+        names = trainer._history_state()["names"]
+        rows = [[m.get(n, math.nan) for n in names] for m in trainer.metrics_history]
+        return torch.tensor(rows, dtype=torch.float64)
+
+    seen: list[int] = []
+
+    class Check(TrainerHooks):
+        def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+            state = trainer._history_state()
+            assert state["names"] == ["train_loss", "val_loss", "train_accuracy", "grad_norm"]
+            assert torch.equal(state["values"], rebuilt(trainer)), record.epoch
+            assert state["values"].untyped_storage().nbytes() == record.epoch * 4 * 8
+            seen.append(record.epoch)
+            if record.epoch == 70:  # past the first 64 rows' buffer
+                trainer.save_checkpoint(tmp_path, "at70")
+                saved.append(rebuilt(trainer))
+
+    saved: list[torch.Tensor] = []
+    spec = make_spec(training={"epochs": 75})
+    Trainer(spec, hooks=Check()).setup().train()
+    assert seen == list(range(1, 76))
+    again = Trainer(spec, hooks=Check())
+    again.load_checkpoint(tmp_path / "at70.state.pt", tmp_path / "at70.safetensors")
+    assert torch.equal(again._history_state()["values"], saved[0])
+    again.train()
+    assert seen[-5:] == [71, 72, 73, 74, 75]
+
+
 def test_newton_converges_on_regularized_softmax_regression() -> None:
     spec = make_spec(
         model={"hidden": []},
