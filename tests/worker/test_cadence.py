@@ -160,6 +160,40 @@ def test_the_default_interval_keeps_writing_under_two_percent_of_the_run() -> No
     assert fixed.due(record(6))
 
 
+def test_a_run_with_the_default_interval_learns_it_from_its_own_writes(
+    sqlite_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker tells the cadence how long each checkpoint took to store (files and
+    row): with a store that takes 0.05 s a write, the default interval becomes 2.5 s."""
+    import time
+
+    from store.artifacts import LocalArtifacts, get_artifacts
+    from worker import runner
+
+    class SlowStore(LocalArtifacts):
+        def write(self, relative: str, data: bytes, sha256: str | None = None) -> str:
+            time.sleep(0.025)  # each of a checkpoint's two files
+            return super().write(relative, data, sha256)
+
+    store = SlowStore(get_artifacts().root)
+    monkeypatch.setattr(runner, "get_artifacts", lambda: store)
+    cadences: list[Cadence] = []
+    real_wrote = Cadence.wrote
+
+    def wrote(self: Cadence, seconds: float) -> None:
+        real_wrote(self, seconds)
+        cadences.append(self)
+
+    monkeypatch.setattr(Cadence, "wrote", wrote)
+    spec = {**SPEC, "checkpoints": {"keep_top_k": 3}}  # the default cadence
+    job_id = make_job(spec)
+    assert run_job(job_id, worker="w/1") == "succeeded"
+    assert cadences, "no write was reported to the cadence"
+    cadence = cadences[-1]
+    assert cadence.fixed is None and cadence.write_seconds >= 0.05
+    assert cadence.interval == pytest.approx(cadence.write_seconds * 50) and cadence.interval >= 2.5
+
+
 # ------------------------------------------------------------------ a crash between checkpoints
 
 VICTIM = """
