@@ -8,6 +8,7 @@ batches out of it: no DataLoader, no per-batch host copies.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -137,19 +138,39 @@ def majority_baseline(y_train: np.ndarray) -> float:
 def read_source(
     spec: DatasetSpec, resources: Resources | None = None
 ) -> tuple[np.ndarray, np.ndarray, DatasetInfo, dict | None]:
-    """(x, y, info, upload metadata or None) of a built-in or uploaded dataset."""
-    if spec.source != "upload":
+    """(x, y, info, upload metadata or None) of a built-in or uploaded dataset; from the
+    resources' ``read_cache`` when this process read the same one before (its arrays are
+    then read-only: every use copies them, splitting)."""
+    cache = resources.read_cache if resources is not None else None
+    path = None
+    if spec.source == "upload":
+        assert spec.id is not None
+        path = (resources or Resources()).dataset(spec.id)
+    key = None
+    if cache is not None:
+        # The whole dataset spec, and for an upload its file as it is now.
+        stat = path.stat() if path is not None else None
+        key = (spec.model_dump_json(), str(path), stat and (stat.st_size, stat.st_mtime_ns))
+        found = cache.get(key)
+        if found is not None:
+            x, y, info, meta = found
+            return x, y, info, copy.deepcopy(meta)
+    if path is None:
         x, y = raw_arrays(spec)
-        return x, y, spec.info(), None
-    from core.uploads import read_dataset
+        info, meta = spec.info(), None
+    else:
+        from core.uploads import read_dataset
 
-    assert spec.id is not None
-    path = (resources or Resources()).dataset(spec.id)
-    try:
-        x, y, meta = read_dataset(path, spec.format, spec.target)
-    except InvalidUpload as exc:
-        raise TrainingError(f"dataset upload {spec.id!r} cannot be used: {exc}") from None
-    return x, y, DatasetInfo.from_upload(meta), meta
+        try:
+            x, y, meta = read_dataset(path, spec.format, spec.target)
+        except InvalidUpload as exc:
+            raise TrainingError(f"dataset upload {spec.id!r} cannot be used: {exc}") from None
+        info = DatasetInfo.from_upload(meta)
+    if cache is not None:
+        x, y = np.asarray(x), np.asarray(y)
+        x.flags.writeable = y.flags.writeable = False
+        cache.put(key, (x, y, info, copy.deepcopy(meta)), x.nbytes + y.nbytes)
+    return x, y, info, meta
 
 
 def load_data(

@@ -8,14 +8,53 @@ TrainingError naming it, raised when the job starts.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.errors import TrainingError
 
 if TYPE_CHECKING:
     from core.spec import JobSpec
+
+
+class DatasetCache:
+    """Datasets as read from their source (``core.data.read_source``: the arrays before any
+    split), kept for the next job of the process that reads the same one: a study's trials
+    on one worker read their dataset once, not once each (a large uploaded CSV takes
+    seconds to parse). Kept arrays are read-only; the least recently used go first, past
+    ``entries`` datasets or ``max_bytes`` in all (a larger one is not kept). Pickled (to
+    the ranks of a job on several processes), it arrives empty."""
+
+    def __init__(self, entries: int = 2, max_bytes: int = 1 << 30) -> None:
+        self.entries, self.max_bytes = entries, max_bytes
+        self._kept: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any | None:
+        with self._lock:
+            found = self._kept.get(key)
+            if found is None:
+                return None
+            self._kept.move_to_end(key)
+            return found[0]
+
+    def put(self, key: Any, value: Any, nbytes: int) -> None:
+        if nbytes > self.max_bytes:
+            return
+        with self._lock:
+            self._kept[key] = (value, nbytes)
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.entries or self._bytes() > self.max_bytes:
+                self._kept.popitem(last=False)
+
+    def _bytes(self) -> int:
+        return sum(n for _, n in self._kept.values())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DatasetCache, (self.entries, self.max_bytes))
 
 
 @dataclass
@@ -24,6 +63,8 @@ class Resources:
     weights: dict[str, Path] = field(default_factory=dict)  # upload id → the weights file
     # job id → (its spec, its best checkpoint's weights file)
     backbone_jobs: dict[str, tuple[JobSpec, Path]] = field(default_factory=dict)
+    # The process's datasets already read (a worker's, shared by its jobs); None: read each.
+    read_cache: DatasetCache | None = None
 
     def dataset(self, upload_id: str) -> Path:
         return _found(self.datasets, upload_id, f"dataset upload {upload_id!r}")

@@ -13,11 +13,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.errors import TrainingError
-from core.resources import Resources
+from core.resources import DatasetCache, Resources
 from core.spec import JobBackbone, JobSpec, TorchvisionBackbone
 from store.artifacts import Artifacts, ChecksumMismatch
 from store.db import session_scope
 from store.models import Checkpoint, Job, JobStatus, Upload
+
+
+# The datasets this worker process read, kept for its next jobs (a study's trials).
+DATASETS = DatasetCache()
 
 
 def job_resources(spec: JobSpec, owner: str, artifacts: Artifacts) -> Resources:
@@ -27,7 +31,7 @@ def job_resources(spec: JobSpec, owner: str, artifacts: Artifacts) -> Resources:
     backbone = spec.backbone
     if isinstance(backbone, TorchvisionBackbone) and backbone.upload_id is not None:
         upload_ids.append(backbone.upload_id)
-    resources = Resources()
+    resources = Resources(read_cache=DATASETS)
     # (where the local path goes, its name there, stored key, recorded sha256, what it is):
     # looked up first, fetched after the transaction (an object store's download may be long).
     wanted: list[tuple[dict[str, Path], str, str, str | None, str]] = []

@@ -213,3 +213,61 @@ def test_a_greyscale_image_folder_loads_one_channel_and_trains(tmp_path: Path) -
     assert x.shape == (21, 3, 8, 8) and meta["image_shape"] == [3, 8, 8]
     grey = [i for i in range(21) if len(np.unique(x[i, :, 0, 0])) == 1]
     assert len(grey) == 20 and all(np.array_equal(x[i, 0], x[i, 2]) for i in grey)
+
+
+def test_a_dataset_read_once_serves_the_next_jobs_of_the_process_read_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a ``DatasetCache`` in the resources (a worker's), jobs on the same dataset read
+    it once and train exactly as when each reads it; the kept arrays are read-only; another
+    dataset spec is read anew, the least recently used is dropped past the limits, and a
+    pickled cache (sent to a job's ranks) arrives empty."""
+    import pickle
+
+    from core import data
+    from core.resources import DatasetCache, Resources
+    from core.spec import JobSpec
+    from core.train import Trainer
+
+    reads: list[str | None] = []
+    real = data.raw_arrays
+
+    def counted(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
+        reads.append(spec.name)
+        return real(spec)
+
+    monkeypatch.setattr(data, "raw_arrays", counted)
+    base = {"dataset": {"name": "digits", "seed": 0}, "training": {"epochs": 2, "seed": 0}}
+    specs = [
+        {**base, "model": {"arch": "mlp", "hidden": [16]}},
+        {**base, "model": {"arch": "mlp", "hidden": [32]}, "optimizer": {"name": "adam"}},
+    ]
+    cache = DatasetCache()
+    kept = [
+        Trainer(JobSpec.model_validate(s), resources=Resources(read_cache=cache)) for s in specs
+    ]
+    plain = [Trainer(JobSpec.model_validate(s)) for s in specs]
+    for cached, alone in zip(kept, plain, strict=True):
+        want = [r.metrics for r in alone.setup().train().history]
+        got = [r.metrics for r in cached.setup().train().history]
+        for g, w in zip(got, want, strict=True):
+            assert {k: v for k, v in g.items() if k != "epoch_seconds"} == {
+                k: v for k, v in w.items() if k != "epoch_seconds"
+            }
+    assert reads == ["digits", "digits", "digits"]  # both plain runs, the cached ones once
+    resources = Resources(read_cache=cache)
+    x, y, _, _ = data.read_source(DatasetSpec(name="digits", seed=0), resources)
+    assert not x.flags.writeable and not y.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        x[0, 0] = 1.0
+    # Another spec, then the limits: one entry kept.
+    small = DatasetCache(entries=1)
+    for name in ("iris", "wine", "iris"):
+        data.read_source(DatasetSpec(name=name), Resources(read_cache=small))
+    assert reads[-3:] == ["iris", "wine", "iris"]
+    tiny = DatasetCache(max_bytes=1000)  # iris is 4.8 kB: never kept
+    for _ in range(2):
+        data.read_source(DatasetSpec(name="iris"), Resources(read_cache=tiny))
+    assert reads[-2:] == ["iris", "iris"]
+    sent = pickle.loads(pickle.dumps(cache))
+    assert sent.get(next(iter(cache._kept))) is None and sent.entries == cache.entries

@@ -155,3 +155,34 @@ def test_torchvision_weights_come_from_the_cache_or_the_job_fails_saying_why(
     job_id = make_job(spec)
     assert run_job(job_id, worker="w1") == "succeeded", job_row(job_id).error
     assert job_row(job_id).parameters == {"trainable": 1024 * 10 + 10, "frozen": 1_517_856}
+
+
+def test_jobs_on_one_upload_in_a_worker_parse_it_once(
+    sqlite_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study's trials on an uploaded dataset: the worker parses the file for the first
+    job and keeps the arrays for the next (a large CSV takes seconds to parse); a file
+    changed since (another size or time) is parsed again."""
+    import core.uploads
+    from worker import resources
+
+    monkeypatch.setattr(resources, "DATASETS", resources.DatasetCache())
+    parsed: list[Path] = []
+    real = core.uploads.read_dataset
+
+    def counted(path: Path, *args: Any) -> Any:
+        parsed.append(path)
+        return real(path, *args)
+
+    monkeypatch.setattr(core.uploads, "read_dataset", counted)
+    upload_id = make_upload(csv_bytes(rows=40))
+    first = make_job(csv_spec(upload_id))
+    second = make_job({**csv_spec(upload_id), "optimizer": {"name": "adam", "lr": 0.01}})
+    assert run_job(first, worker="w1") == run_job(second, worker="w1") == "succeeded"
+    assert len(parsed) == 1
+    assert job_row(second).epoch == 2
+    with session_scope() as session:
+        path = get_artifacts().path(session.get_one(Upload, upload_id).path)
+    path.write_bytes(csv_bytes(rows=48))
+    assert run_job(make_job(csv_spec(upload_id)), worker="w1") == "succeeded"
+    assert len(parsed) == 2
