@@ -19,7 +19,6 @@ from store.artifacts import Artifacts, ChecksumMismatch
 from store.db import session_scope
 from store.models import Checkpoint, Job, JobStatus, Upload
 
-
 # The datasets this worker process read, kept for its next jobs (a study's trials).
 DATASETS = DatasetCache()
 
