@@ -178,9 +178,13 @@ def test_a_study_survives_its_worker_and_then_the_whole_service_killed(serve: Se
     study_id = answer.json()["id"]
 
     def trial_past_epoch_2(but: str | None = None) -> dict[str, Any] | None:
+        """A running trial past epoch 2 with a durable checkpoint (its row commits on the
+        writer thread, after its epoch's metrics): killed now, it must resume from it."""
         for trial in serve.http.get(f"/v1/studies/{study_id}/trials").json()["items"]:
             if trial["status"] == "running" and trial["epochs"] >= 2 and trial["job_id"] != but:
-                return trial
+                saved = serve.http.get(f"/v1/jobs/{trial['job_id']}/checkpoints").json()
+                if saved["items"]:
+                    return trial
         return None
 
     killed = wait_for("a trial past epoch 2", trial_past_epoch_2, 120, detail=serve.tail)
