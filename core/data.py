@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -148,9 +149,7 @@ def read_source(
         path = (resources or Resources()).dataset(spec.id)
     key = None
     if cache is not None:
-        # The whole dataset spec, and for an upload its file as it is now.
-        stat = path.stat() if path is not None else None
-        key = (spec.model_dump_json(), str(path), stat and (stat.st_size, stat.st_mtime_ns))
+        key = _cache_key(spec, path)
         found = cache.get(key)
         if found is not None:
             x, y, info, meta = found
@@ -173,6 +172,13 @@ def read_source(
     return x, y, info, meta
 
 
+def _cache_key(spec: DatasetSpec, path: Path | None) -> tuple[object, ...]:
+    """A dataset's key in a DatasetCache: the whole dataset spec (split included), and for
+    an upload its file as it is now."""
+    stat = path.stat() if path is not None else None
+    return (spec.model_dump_json(), str(path), stat and (stat.st_size, stat.st_mtime_ns))
+
+
 def load_data(
     spec: DatasetSpec,
     *,
@@ -191,8 +197,80 @@ def load_data(
     per channel; otherwise rows are flat and standardized per feature. task (default: the
     dataset's) picks the targets: class indices, standardized values (regression) or masks.
     read: what read_source() gave, when the caller has read the dataset already.
+    With the resources' ``read_cache`` (a worker's), the split and scaled arrays are kept
+    too: the next job on the same dataset (a study's trial) only copies them to tensors.
     """
     x, y, info, meta = read if read is not None else read_source(spec, resources)
+    cache = resources.read_cache if resources is not None else None
+    key = None
+    if resources is not None and cache is not None:
+        path = resources.dataset(spec.id) if spec.source == "upload" and spec.id else None
+        key = ("split", _cache_key(spec, path), images, task, scaling)
+        kept = cache.get(key)
+        if kept is not None:
+            return _to_tensors(kept, info, device, dtype)
+    split = _split(x, y, info, meta, spec, images=images, task=task, scaling=scaling)
+    if cache is not None:
+        for array in split.arrays():
+            array.flags.writeable = False
+        cache.put(key, split, sum(a.nbytes for a in split.arrays()))
+    return _to_tensors(split, info, device, dtype)
+
+
+@dataclass
+class _Split:
+    """load_data's arrays before they become tensors (what a DatasetCache keeps)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    target_mean: float
+    target_std: float
+    shared_samples: int
+    majority_baseline: float | None
+    labels: bool  # class indices (int64), else values in the model's dtype
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return self.x_train, self.y_train, self.x_val, self.y_val, self.mean, self.std
+
+
+def _to_tensors(
+    split: _Split, info: DatasetInfo, device: torch.device | str, dtype: torch.dtype
+) -> Data:
+    def tensor(a: np.ndarray, dt: torch.dtype) -> torch.Tensor:
+        # A copy: the arrays may be a cache's, kept for the next job.
+        return torch.tensor(a, dtype=dt).to(device)
+
+    label_dtype = torch.int64 if split.labels else dtype
+    return Data(
+        x_train=tensor(split.x_train, dtype),
+        y_train=tensor(split.y_train, label_dtype),
+        x_val=tensor(split.x_val, dtype),
+        y_val=tensor(split.y_val, label_dtype),
+        info=info,
+        mean=split.mean.squeeze(0).copy(),
+        std=split.std.squeeze(0).copy(),
+        target_mean=split.target_mean,
+        target_std=split.target_std,
+        shared_samples=split.shared_samples,
+        majority_baseline=split.majority_baseline,
+    )
+
+
+def _split(
+    x: np.ndarray,
+    y: np.ndarray,
+    info: DatasetInfo,
+    meta: dict | None,
+    spec: DatasetSpec,
+    *,
+    images: bool,
+    task: str | None,
+    scaling: Scaling,
+) -> _Split:
     task = task or info.task
     if task == "reconstruction":
         task = info.task  # the targets are kept as they are; the loss ignores them
@@ -246,28 +324,14 @@ def load_data(
         x_tr = (x_tr - mean) / std
         x_va = (x_va - mean) / std
 
-    def tensor(a: np.ndarray, dt: torch.dtype) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=dt).to(device)
-
     t_mean, t_std = 0.0, 1.0
-    if task in ("classification", "segmentation"):
-        label_dtype = torch.int64
-    else:
+    labels = task in ("classification", "segmentation")
+    if not labels:
         # Targets of make_regression are in the hundreds; standardized, the lr means the same
         # thing on every dataset.
         t_mean, t_std = float(y_tr.mean()), float(y_tr.std()) or 1.0
         y_tr, y_va = (y_tr - t_mean) / t_std, (y_va - t_mean) / t_std
-        label_dtype = dtype
-    return Data(
-        x_train=tensor(x_tr, dtype),
-        y_train=tensor(y_tr, label_dtype),
-        x_val=tensor(x_va, dtype),
-        y_val=tensor(y_va, label_dtype),
-        info=info,
-        mean=mean.squeeze(0),
-        std=std.squeeze(0),
-        target_mean=t_mean,
-        target_std=t_std,
-        shared_samples=shared,
-        majority_baseline=baseline,
+    c = np.ascontiguousarray
+    return _Split(
+        c(x_tr), c(y_tr), c(x_va), c(y_va), c(mean), c(std), t_mean, t_std, shared, baseline, labels
     )

@@ -22,13 +22,14 @@ if TYPE_CHECKING:
 
 class DatasetCache:
     """Datasets as read from their source (``core.data.read_source``: the arrays before any
-    split), kept for the next job of the process that reads the same one: a study's trials
-    on one worker read their dataset once, not once each (a large uploaded CSV takes
-    seconds to parse). Kept arrays are read-only; the least recently used go first, past
-    ``entries`` datasets or ``max_bytes`` in all (a larger one is not kept). Pickled (to
-    the ranks of a job on several processes), it arrives empty."""
+    split) and as split and scaled (``core.data.load_data``), kept for the next job of the
+    process that reads the same one: a study's trials on one worker read and split their
+    dataset once, not once each (a large uploaded CSV takes seconds to parse). Kept arrays
+    are read-only; the least recently used go first, past ``entries`` (by default two
+    datasets, each as read and as split) or ``max_bytes`` in all (a larger one is not
+    kept). Pickled (to the ranks of a job on several processes), it arrives empty."""
 
-    def __init__(self, entries: int = 2, max_bytes: int = 1 << 30) -> None:
+    def __init__(self, entries: int = 4, max_bytes: int = 1 << 30) -> None:
         self.entries, self.max_bytes = entries, max_bytes
         self._kept: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()

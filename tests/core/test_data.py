@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -271,3 +272,45 @@ def test_a_dataset_read_once_serves_the_next_jobs_of_the_process_read_only(
     assert reads[-2:] == ["iris", "iris"]
     sent = pickle.loads(pickle.dumps(cache))
     assert sent.get(next(iter(cache._kept))) is None and sent.entries == cache.entries
+
+
+def test_a_worker_keeps_the_split_too_and_each_job_gets_tensors_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a ``DatasetCache``, the next job on the same dataset spec neither reads nor
+    splits it again: its tensors and statistics equal a plain load's exactly, and are its
+    own (a job that changes them in place changes no other job's). Another split of the
+    same dataset (another seed) is split anew."""
+    from core import data
+    from core.resources import DatasetCache, Resources
+
+    splits: list[int] = []
+    real = data.train_test_split
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        splits.append(kwargs["random_state"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "train_test_split", counted)
+    resources = Resources(read_cache=DatasetCache())
+    spec = DatasetSpec(name="digits", seed=0)
+    first = data.load_data(spec, resources=resources)
+    second = data.load_data(spec, resources=resources)
+    assert splits == [0]
+    plain = data.load_data(spec)
+    for got in (first, second):
+        for name in ("x_train", "y_train", "x_val", "y_val"):
+            assert torch.equal(getattr(got, name), getattr(plain, name)), name
+            assert getattr(got, name).dtype == getattr(plain, name).dtype
+        np.testing.assert_array_equal(got.mean, plain.mean)
+        np.testing.assert_array_equal(got.std, plain.std)
+        assert got.shared_samples == plain.shared_samples
+        assert got.majority_baseline == plain.majority_baseline
+    first.x_train.mul_(0.0)
+    first.y_train.zero_()
+    first.mean[:] = 7.0
+    third = data.load_data(spec, resources=resources)
+    assert torch.equal(third.x_train, plain.x_train) and torch.equal(third.y_train, plain.y_train)
+    np.testing.assert_array_equal(third.mean, plain.mean)
+    data.load_data(DatasetSpec(name="digits", seed=1), resources=resources)
+    assert splits == [0, 0, 1]  # the plain load, then the other seed's
