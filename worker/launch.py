@@ -89,7 +89,13 @@ def train(
 ) -> FitResult:
     """Train the job on spec.training.processes ranks; rank 0's result. The hooks' stop
     reasons (budget, runtime, pruner) are those rank 0 found."""
-    fields = {"id": job.id, "owner": job.owner, "attempt": job.attempt, "mode": job.mode}
+    fields = {
+        "id": job.id,
+        "owner": job.owner,
+        "attempt": job.attempt,
+        "epoch": job.epoch,
+        "mode": job.mode,
+    }
     with tempfile.TemporaryDirectory(prefix=f"descent-{job.id}-") as tmp:
         flags = Path(tmp)
         done = threading.Event()
@@ -156,7 +162,8 @@ def _rank(
             hooks = _RankZeroHooks(job, lease, artifacts, spec.checkpoints.keep_top_k, settings)  # type: ignore[arg-type]
             hooks.trial, hooks.pruned = trial, pruned
         try:
-            trainer = runner.resume(spec, hooks, job.id, artifacts, resources)
+            first = runner.first_run(job)  # type: ignore[arg-type]
+            trainer = runner.resume(spec, hooks, job.id, artifacts, resources, first=first)
             if rank == 0:
                 hooks.parameters = trainer.parameter_counts()
                 runtime = runner._runtime(job.id)

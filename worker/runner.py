@@ -221,6 +221,14 @@ def claim(job_id: str, worker: str, settings: Settings | None = None) -> Job | N
         return job
 
 
+def first_run(job: Job) -> bool:
+    """Whether this claim starts the job's first run: no earlier attempt trained an epoch,
+    so no checkpoint, metric or file of one exists to resume from, replace or sweep (a
+    lost or retried attempt counts; a preempted one is not counted, and had committed every
+    epoch it trained when it handed the job back)."""
+    return job.attempt == 1 and job.epoch == 0
+
+
 def _cancel_stop(epoch: int) -> dict[str, Any]:
     return {"reason": "cancelled", "rule": None, "epoch": epoch, "detail": "cancelled by the user"}
 
@@ -336,8 +344,10 @@ class WorkerHooks(TrainerHooks):
         # Checkpoints on the spec's cadence (worker/writer.py).
         self.cadence: Cadence | None = None
         self.held_best: Snapshot | None = None  # a best epoch's state, not yet due
-        # Set once this attempt's first commit has cleared what earlier attempts wrote past it.
-        self._redo_cleared = False
+        # Set once this attempt's first commit has cleared what earlier attempts wrote past it
+        # (at once on a first run: nothing to clear).
+        self.first_run = first_run(job)
+        self._redo_cleared = self.first_run
         # The epochs' records and the checkpoints, each on a thread of its own.
         self.recorder: Background[EpochItem] = Background(
             f"epochs-{job.id}", self._commit_epochs, batch=True, linger=COMMIT_EVERY
@@ -683,7 +693,8 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
     # A trial of a study that prunes; pruned before a restart, it stops at once.
     hooks.trial, hooks.pruned = studies.recorded_prune(job_id)
     try:
-        sweep_orphans(job_id, artifacts)
+        if not hooks.first_run:
+            sweep_orphans(job_id, artifacts)
         # Uploads and a backbone job that are missing or do not fit fail the job here, at
         # its start, with the reason (a TrainingError: never retried).
         resources = job_resources(spec, job.owner, artifacts)
@@ -692,7 +703,7 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
 
             result = launch.train(job, spec, worker, lease, hooks, resources)
         else:
-            trainer = resume(spec, hooks, job_id, artifacts, resources)
+            trainer = resume(spec, hooks, job_id, artifacts, resources, first=hooks.first_run)
             hooks.parameters = trainer.parameter_counts()
             runtime = job.runtime_seconds or 0.0  # as claimed: only the lease holder adds to it
             hooks.limit_runtime(spec.training.max_runtime_seconds, runtime, trainer.epoch)
@@ -743,7 +754,8 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
         result.status = "succeeded"
         stop = dict(hooks.pruned)
     outcome = _succeed(job_id, worker, result, stop=stop)
-    sweep_orphans(job_id, artifacts)
+    if not hooks.first_run:  # files a worker presumed dead wrote meanwhile
+        sweep_orphans(job_id, artifacts)
     return outcome
 
 
@@ -753,21 +765,26 @@ def resume(
     job_id: str,
     artifacts: Artifacts,
     resources: Resources | None = None,
+    *,
+    first: bool = False,
 ) -> Trainer:
     """A trainer set up from the spec, continuing after the job's last loadable checkpoint.
 
     A redelivered job continues where it stopped, not from scratch. Should the last
     checkpoint not load (its files damaged), the one before it is tried, and so on.
     resources: the uploads and backbone job the spec names (see worker.resources).
+    first: the job's first run (``first_run``): no checkpoint to look for.
     """
-    with session_scope() as session:
-        rows = list(
-            session.scalars(
-                select(Checkpoint)
-                .where(Checkpoint.job_id == job_id)
-                .order_by(Checkpoint.epoch.desc())
+    rows: list[Checkpoint] = []
+    if not first:  # a first run has no checkpoint
+        with session_scope() as session:
+            rows = list(
+                session.scalars(
+                    select(Checkpoint)
+                    .where(Checkpoint.job_id == job_id)
+                    .order_by(Checkpoint.epoch.desc())
+                )
             )
-        )
     trainer = Trainer(spec, hooks=hooks, resources=resources).setup()
     for row in rows:
         try:

@@ -544,3 +544,24 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_one_before(
     assert "checkpoint of epoch 4 does not load" in caplog.text
     assert "resumes after epoch 3" in caplog.text
     assert_same_run(job_id, spec)
+
+
+def test_a_second_run_sweeps_what_a_first_run_lost_before_its_first_epoch_left(
+    sqlite_env: Settings,
+) -> None:
+    """A job's first run looks for no earlier attempt's work (there is none). A run after a
+    lost one does, even when the lost run committed no epoch: the checkpoint files it stored
+    before its worker died are swept, and the job trains as an uninterrupted run would."""
+    job_id = make_job(SPEC)
+    first = take_lease(job_id, "w/1")
+    assert runner.first_run(first)
+    folder = get_artifacts().job_dir(job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    stray = folder / "epoch-00001-1.safetensors"  # stored; its row never committed
+    stray.write_bytes(b"weights of a run that died")
+    expire_lease(job_id)  # w/1 died before its first epoch's commit
+    assert run_job(job_id, worker="w/2") == "succeeded"
+    job = job_row(job_id)
+    assert job.attempt == 2 and job.epoch == 6
+    assert not stray.exists() and files_match_rows(job_id)
+    assert_same_run(job_id, SPEC)
