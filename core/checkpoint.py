@@ -57,14 +57,22 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def weights_metadata(spec: JobSpec, epoch: int, monitor: str, value: float) -> dict[str, str]:
+def weights_metadata(
+    spec: JobSpec,
+    epoch: int,
+    monitor: str,
+    value: float,
+    facts: tuple[str, str] | None = None,
+) -> dict[str, str]:
+    """facts: the spec's hash and JSON when the caller holds them (a run's every checkpoint)."""
+    spec_hash, spec_json = facts or (spec.spec_hash(), spec.model_dump_json())
     return {
         "format": "pt",
-        "spec_hash": spec.spec_hash(),
+        "spec_hash": spec_hash,
         "epoch": str(epoch),
         "monitor": monitor,
         "value": repr(float(value)),
-        "spec": spec.model_dump_json(),
+        "spec": spec_json,
     }
 
 

@@ -11,6 +11,7 @@ run continues exactly where the saved one was.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -989,7 +990,8 @@ class Trainer:
         state), every tensor copied to the CPU: training may go on at once, and the copy be
         written later on another thread (what the worker does)."""
         value = self.last_value if self.last_value is not None else math.nan
-        metadata = weights_metadata(self.spec, self.epoch, self.early_stopping.monitor, value)
+        monitor = self.early_stopping.monitor
+        metadata = weights_metadata(self.spec, self.epoch, monitor, value, self._spec_facts)
         # What rebuilding the model takes beyond the spec: an upload's shape, the backbone
         # job's spec (see core.checkpoint.load_model).
         if self.spec.dataset.source == "upload":
@@ -1064,10 +1066,16 @@ class Trainer:
         # A copy of the rows so far (a slice would save the whole buffer).
         return {"names": names, "values": values[:n].clone(), "last": last}
 
+    @functools.cached_property
+    def _spec_facts(self) -> tuple[str, str]:
+        """The spec's hash and JSON, in every checkpoint of the run: computed once (each is
+        a dump of the whole spec)."""
+        return self.spec.spec_hash(), self.spec.model_dump_json()
+
     def _state_dict(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
-            "spec_hash": self.spec.spec_hash(),
+            "spec_hash": self._spec_facts[0],
             "epoch": self.epoch,
             "last_value": self.last_value,
             "stop": self.stop.to_dict() if self.stop else None,
