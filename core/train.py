@@ -416,6 +416,30 @@ class Trainer:
             counts["trainable" if p.requires_grad else "frozen"] += p.numel()
         return counts
 
+    def step_flops(self) -> float:
+        """A training step's floating-point operations, estimated: one sample's forward pass
+        counted by torch's FlopCounterMode (matmuls and convolutions), times the batch size,
+        times 3 (the backward pass costs about twice the forward). Nothing changes: the pass
+        runs in eval mode, without gradients, on a copy of the random state."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        if not self._is_setup:
+            self.setup()
+        modes = [(module, module.training) for module in self.model.modules()]
+        sample = self.data.x_train[:1]
+        try:
+            with (
+                torch.random.fork_rng(devices=[]),
+                torch.no_grad(),
+                FlopCounterMode(display=False) as counter,
+            ):
+                self.model.eval()
+                self.model(sample)
+        finally:
+            for module, training in modes:
+                module.train(training)
+        return 3.0 * counter.get_total_flops() * self.spec.training.batch_size
+
     def _trainable_changed(self) -> None:
         # What the training steps call: the model, or with several processes the model in
         # DistributedDataParallel, which averages the gradients over the ranks in backward

@@ -45,6 +45,7 @@ from store.models import Checkpoint, Job, JobStatus, Metric
 from store.users import limits_for, used_device_hours
 from worker import studies
 from worker.resources import job_resources
+from worker.threads import job_threads
 from worker.writer import (
     Background,
     Cadence,
@@ -708,7 +709,8 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
             runtime = job.runtime_seconds or 0.0  # as claimed: only the lease holder adds to it
             hooks.limit_runtime(spec.training.max_runtime_seconds, runtime, trainer.epoch)
             hooks.start_clock()
-            result = trainer.train()
+            with job_threads(trainer):  # one thread for a small step (worker/threads.py)
+                result = trainer.train()
         hooks.finish()  # every epoch committed, the last checkpoint durable
     except LeaseLost:
         log.warning("job %s: another worker holds it now; this run stops", job_id)

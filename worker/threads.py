@@ -1,0 +1,54 @@
+"""How many CPU threads torch uses for a job.
+
+A job whose training step is small (a digits MLP: about a million floating-point operations)
+runs on one thread: its operations are too small to gain from being split, and a second
+OpenMP thread only waits at each operation's barrier, spinning on a core. In a worker that
+core is what the job's own persistence needs (the recorder, the checkpoint writer, the lease,
+a study's next trial) and, on a shared host, the API and the database: with two threads a
+32-trial study of such MLPs took 1.5-3 times as long as with one (BENCHMARKS.md). A larger
+step (a CNN, a wide MLP) uses every thread the worker has (DESCENT_WORKER_THREADS).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import torch
+
+from core.train import Trainer
+
+log = logging.getLogger(__name__)
+
+# Below this many floating-point operations a training step runs on one thread. Measured
+# (2 cores, core alone): MLPs of 1.7-14.5 MFLOP a step train as fast on one thread as on two;
+# a CNN of 16 MFLOP is 19% faster on two, a 430-MFLOP MLP 38%.
+SMALL_STEP_FLOPS = 4e6
+
+
+def threads_for(trainer: Trainer) -> int:
+    """The threads for this job: one for a small step on the CPU, else the worker's."""
+    threads = torch.get_num_threads()
+    if trainer.device.type != "cpu" or threads == 1:
+        return threads
+    try:
+        flops = trainer.step_flops()
+    except Exception as exc:  # noqa: BLE001 - a model the counter cannot run: the default
+        log.debug("could not count a step's operations: %s", exc)
+        return threads
+    return 1 if flops < SMALL_STEP_FLOPS else threads
+
+
+@contextlib.contextmanager
+def job_threads(trainer: Trainer) -> Iterator[int]:
+    """torch's threads set for the job while it trains, the worker's again after."""
+    before = torch.get_num_threads()
+    threads = threads_for(trainer)
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
