@@ -69,9 +69,11 @@ def test_job_trains_and_its_best_checkpoint_reproduces_val_loss(
     assert val_losses[4] < val_losses[1]  # it learned
 
     # Retention: the best keep_top_k (2) plus the last, never the best or the last deleted.
+    # (Which epochs were written depends on the machine's speed: a checkpoint superseded
+    # while it waits for the writer is skipped. tests/worker checks the ranking itself.)
     checkpoints = service.http.get(f"/v1/jobs/{job['id']}/checkpoints").json()["items"]
-    kept = sorted(val_losses, key=lambda e: val_losses[e])[:2]
-    assert {c["epoch"] for c in checkpoints} == set(kept) | {4}
+    epochs = {c["epoch"] for c in checkpoints}
+    assert {best_epoch, 4} <= epochs and len(epochs) <= 3, epochs
     best_row = next(c for c in checkpoints if c["is_best"])
     assert best_row["epoch"] == best_epoch
     assert next(c for c in checkpoints if c["is_last"])["epoch"] == 4

@@ -1,0 +1,54 @@
+"""A job's torch threads: one for a small training step, the worker's for a large one."""
+
+import torch
+
+from core.spec import JobSpec
+from core.train import Trainer
+from worker.threads import SMALL_STEP_FLOPS, job_threads, threads_for
+
+
+def trainer(model: dict, batch_size: int = 64) -> Trainer:
+    spec = {
+        "dataset": {"name": "digits", "val_fraction": 0.2, "seed": 0},
+        "model": model,
+        "optimizer": {"name": "sgd", "lr": 0.01},
+        "training": {"epochs": 1, "batch_size": batch_size, "seed": 0, "device": "cpu"},
+    }
+    return Trainer(JobSpec.model_validate(spec)).setup()
+
+
+def test_a_steps_operations_are_three_forward_passes_of_the_batch() -> None:
+    # digits: 64 inputs, 10 classes; a linear layer's forward is 2 * inputs * outputs a sample.
+    t = trainer({"arch": "mlp", "hidden": [128]}, batch_size=32)
+    forward = 2 * (64 * 128 + 128 * 10)
+    assert t.step_flops() == 3 * forward * 32
+
+
+def test_counting_changes_neither_the_model_nor_the_random_stream() -> None:
+    t = trainer({"arch": "mlp", "hidden": [32], "dropout": 0.5})
+    t.model.train()
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    expected = torch.random.get_rng_state()
+    t.step_flops()
+    assert t.model.training and all(m.training for m in t.model.modules())
+    assert torch.equal(torch.random.get_rng_state(), expected)
+    assert all(torch.equal(v, before[k]) for k, v in t.model.state_dict().items())
+
+
+def test_a_small_step_trains_on_one_thread_and_the_workers_threads_come_back() -> None:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        small = trainer({"arch": "mlp", "hidden": [64]})
+        assert small.step_flops() < SMALL_STEP_FLOPS
+        with job_threads(small) as threads:
+            assert threads == 1 == torch.get_num_threads()
+        assert torch.get_num_threads() == 2
+
+        large = trainer({"arch": "mlp", "hidden": [1024, 1024]})
+        assert large.step_flops() > SMALL_STEP_FLOPS
+        assert threads_for(large) == 2
+        with job_threads(large):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
