@@ -48,7 +48,11 @@ def _client(endpoint_url: str | None, addressing_style: str, pool: int, pid: int
     """One client per process and configuration (clients are thread-safe; not fork-safe,
     hence the pid in the key)."""
     config = Config(
-        s3={"addressing_style": addressing_style},
+        # payload_signing_enabled False: the body is not hashed a second time for SigV4 over
+        # plain HTTP (an endpoint inside the cluster); over HTTPS botocore already sends it
+        # unsigned. Each object carries its sha256, checked on reads where the service
+        # recorded one (weights, uploads, exports).
+        s3={"addressing_style": addressing_style, "payload_signing_enabled": False},
         signature_version="s3v4",  # presigned URLs too (SigV2 is gone from most regions)
         retries={"mode": "standard", "max_attempts": 5},
         max_pool_connections=pool,

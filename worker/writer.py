@@ -255,4 +255,14 @@ class CheckpointWriter(Background[Snapshot]):
     those superseded while waiting are skipped (``coalesce``)."""
 
     def __init__(self, name: str, store: Callable[[Snapshot], None]) -> None:
-        super().__init__(name, lambda snaps: store(snaps[0]), batch=False, merge=coalesce)
+        super().__init__(name, lambda snaps: store(snaps[0]), batch=False, merge=self._coalesce)
+
+    def _coalesce(
+        self, waiting: list[tuple[int, Snapshot]], new: tuple[int, Snapshot]
+    ) -> list[tuple[int, Snapshot]]:
+        kept = coalesce(waiting, new)
+        for epoch, _ in waiting:
+            if all(epoch != k for k, _ in kept):
+                log.info("%s: epoch %d's checkpoint skipped, superseded by epoch %d's before "
+                         "its write began", self._thread.name, epoch, new[0])  # fmt: skip
+        return kept

@@ -4,6 +4,7 @@ the run (retried from the last durable checkpoint), and a kill in the middle of 
 best checkpoint loses neither the best checkpoint nor the run's outcome."""
 
 import hashlib
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,9 @@ class SlowStore(LocalArtifacts):
 
 
 def test_training_never_waits_for_a_slow_store_and_skips_superseded_checkpoints(
-    db_env: Settings, monkeypatch: pytest.MonkeyPatch
+    db_env: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="worker.writer")
     # Bests at epochs 1-5, none after; a checkpoint every 4th epoch; 12 epochs.
     assert best_epochs(CADENCE_SPEC) == {1, 2, 3, 4, 5}
     store = SlowStore(get_artifacts().root, hold=4)
@@ -94,6 +96,11 @@ def test_training_never_waits_for_a_slow_store_and_skips_superseded_checkpoints(
     # Due at epochs 4, 8 and 12, the best 5 with 8: while 4 was stored, 8 was superseded
     # by the last epoch, not the best 5 (so the best and the last are written).
     assert stored == [4, 5, 12]
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert skipped == [
+        f"checkpoints-{job_id}: epoch 8's checkpoint skipped, superseded by epoch 12's before "
+        "its write began"
+    ]
     assert max(waiting) == 2  # a best and a later checkpoint at most: memory stays bounded
     with session_scope() as session:
         rows = set(session.scalars(select(Checkpoint.epoch).where(Checkpoint.job_id == job_id)))
