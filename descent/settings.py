@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # Threads torch uses in each worker process (0: its default, one per core or
     # OMP_NUM_THREADS); set it to the CPUs a worker may use, or every worker takes every core.
     worker_threads: int = 0
+    # A CPU job whose training step (forward and backward of a batch, counted at its start)
+    # is under this many floating-point operations trains on one thread (worker/threads.py);
+    # 0: every job uses worker_threads.
+    single_thread_below_flops: float = Field(default=4e6, ge=0)
     # Requests larger than this are refused with 413 before they are read whole.
     max_body_bytes: int = 1_000_000
     # Dataset and weights uploads have a limit of their own (413 over it); each owner's

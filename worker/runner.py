@@ -709,7 +709,8 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
             runtime = job.runtime_seconds or 0.0  # as claimed: only the lease holder adds to it
             hooks.limit_runtime(spec.training.max_runtime_seconds, runtime, trainer.epoch)
             hooks.start_clock()
-            with job_threads(trainer):  # one thread for a small step (worker/threads.py)
+            # One thread for a small step (worker/threads.py).
+            with job_threads(trainer, settings.single_thread_below_flops):
                 result = trainer.train()
         hooks.finish()  # every epoch committed, the last checkpoint durable
     except LeaseLost:

@@ -6,7 +6,8 @@ OpenMP thread only waits at each operation's barrier, spinning on a core. In a w
 core is what the job's own persistence needs (the recorder, the checkpoint writer, the lease,
 a study's next trial) and, on a shared host, the API and the database: with two threads a
 32-trial study of such MLPs took 1.5-3 times as long as with one (BENCHMARKS.md). A larger
-step (a CNN, a wide MLP) uses every thread the worker has (DESCENT_WORKER_THREADS).
+step (a CNN, a wide MLP) uses every thread the worker has (DESCENT_WORKER_THREADS). The
+threshold: DESCENT_SINGLE_THREAD_BELOW_FLOPS (0: every job uses the worker's threads).
 """
 
 from __future__ import annotations
@@ -18,33 +19,34 @@ from collections.abc import Iterator
 import torch
 
 from core.train import Trainer
+from descent.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-# Below this many floating-point operations a training step runs on one thread. Measured
-# (2 cores, core alone): MLPs of 1.7-14.5 MFLOP a step train as fast on one thread as on two;
-# a CNN of 16 MFLOP is 19% faster on two, a 430-MFLOP MLP 38%.
-SMALL_STEP_FLOPS = 4e6
 
-
-def threads_for(trainer: Trainer) -> int:
-    """The threads for this job: one for a small step on the CPU, else the worker's."""
+def threads_for(trainer: Trainer, below: float | None = None) -> int:
+    """The threads for this job: one for a step of fewer than ``below`` floating-point
+    operations on the CPU (DESCENT_SINGLE_THREAD_BELOW_FLOPS; 4e6 by default), else the
+    worker's. Measured on 2 cores, the core alone: MLPs of 1.7-14.5 MFLOP a step train as
+    fast on one thread as on two; CNNs of 2.7-4.5 MFLOP are ~10% faster on two, one of 16
+    MFLOP 19%, a 430-MFLOP MLP 38%."""
+    below = get_settings().single_thread_below_flops if below is None else below
     threads = torch.get_num_threads()
-    if trainer.device.type != "cpu" or threads == 1:
+    if trainer.device.type != "cpu" or threads == 1 or below <= 0:
         return threads
     try:
         flops = trainer.step_flops()
     except Exception as exc:  # noqa: BLE001 - a model the counter cannot run: the default
         log.debug("could not count a step's operations: %s", exc)
         return threads
-    return 1 if flops < SMALL_STEP_FLOPS else threads
+    return 1 if flops < below else threads
 
 
 @contextlib.contextmanager
-def job_threads(trainer: Trainer) -> Iterator[int]:
+def job_threads(trainer: Trainer, below: float | None = None) -> Iterator[int]:
     """torch's threads set for the job while it trains, the worker's again after."""
     before = torch.get_num_threads()
-    threads = threads_for(trainer)
+    threads = threads_for(trainer, below)
     if threads != before:
         torch.set_num_threads(threads)
     try:

@@ -4,7 +4,10 @@ import torch
 
 from core.spec import JobSpec
 from core.train import Trainer
-from worker.threads import SMALL_STEP_FLOPS, job_threads, threads_for
+from descent.settings import Settings
+from worker.threads import job_threads, threads_for
+
+BELOW = Settings().single_thread_below_flops  # the default, 4 MFLOP
 
 
 def trainer(model: dict, batch_size: int = 64) -> Trainer:
@@ -40,15 +43,18 @@ def test_a_small_step_trains_on_one_thread_and_the_workers_threads_come_back() -
     torch.set_num_threads(2)
     try:
         small = trainer({"arch": "mlp", "hidden": [64]})
-        assert small.step_flops() < SMALL_STEP_FLOPS
-        with job_threads(small) as threads:
+        assert small.step_flops() < BELOW
+        with job_threads(small, BELOW) as threads:
             assert threads == 1 == torch.get_num_threads()
         assert torch.get_num_threads() == 2
 
         large = trainer({"arch": "mlp", "hidden": [1024, 1024]})
-        assert large.step_flops() > SMALL_STEP_FLOPS
-        assert threads_for(large) == 2
-        with job_threads(large):
+        assert large.step_flops() > BELOW
+        assert threads_for(large, BELOW) == 2
+        with job_threads(large, BELOW):
             assert torch.get_num_threads() == 2
+
+        # DESCENT_SINGLE_THREAD_BELOW_FLOPS=0: the worker's threads for every job.
+        assert threads_for(small, 0) == 2
     finally:
         torch.set_num_threads(saved)
