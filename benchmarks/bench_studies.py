@@ -106,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=5, help="study and core runs, alternated (medians)"
     )
+    parser.add_argument(
+        "--control-repeats",
+        type=int,
+        default=3,
+        help="runs of the study on a worker whose small jobs keep every thread",
+    )
     args = parser.parse_args(argv)
     print(f"machine: {machine()}")
     print(
@@ -129,6 +135,16 @@ def main(argv: list[str] | None = None) -> int:
                 cores.append(run_core(plains[-1]["specs"]))
                 kepts.append(run_core(plains[-1]["specs"], keep_data=True))
             asha = run_study(svc, args.trials, args.epochs, args.parallelism, "asha")
+        # The same study on a worker whose jobs all use torch's default threads (every
+        # core): what the one thread of a small step saves (worker/threads.py).
+        control: list[float] = []
+        with tempfile.TemporaryDirectory() as other:
+            every = {"DESCENT_SINGLE_THREAD_BELOW_FLOPS": "0"}
+            for svc in running(start_embedded(Path(other), every)):
+                run_study(svc, 1, 1, 1, "none")
+                for _ in range(args.control_repeats):
+                    study = run_study(svc, args.trials, args.epochs, args.parallelism, "none")
+                    control.append(study["wall"] / run_core(study["specs"]))
     print(f"load average at start: {start_load}; at end: {load()}")
     ratios = [p["wall"] / c for p, c in zip(plains, cores, strict=True)]
     kept_ratios = [p["wall"] / k for p, k in zip(plains, kepts, strict=True)]
@@ -159,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         f"core with the dataset kept between trials (as the worker keeps it): {kept:.2f} s; "
         f"study {median(kept_ratios):.2f}× that (runs: "
         + ", ".join(f"{r:.2f}×" for r in kept_ratios)
+        + ")"
+    )
+    print(
+        "the same study, each job on torch's default threads (DESCENT_SINGLE_THREAD_BELOW_FLOPS"
+        f"=0): {median(control):.2f}× the core (runs: "
+        + ", ".join(f"{r:.2f}×" for r in control)
         + ")"
     )
     for p in plains:

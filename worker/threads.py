@@ -4,8 +4,10 @@ A job whose training step is small (a digits MLP: about a million floating-point
 runs on one thread: its operations are too small to gain from being split, and a second
 OpenMP thread only waits at each operation's barrier, spinning on a core. In a worker that
 core is what the job's own persistence needs (the recorder, the checkpoint writer, the lease,
-a study's next trial) and, on a shared host, the API and the database: with two threads a
-32-trial study of such MLPs took 1.5-3 times as long as with one (BENCHMARKS.md). A larger
+a study's next trial) and, on a shared host, the API and the database. Measured on 2 cores
+(BENCHMARKS.md): a 32-trial study of such MLPs used ~40% less of the worker's CPU on one
+thread for the same wall time on a quiet host, and while the host was busy it took 2.7-3.4 s
+on one thread against 7-11 s on two (a thread descheduled at a barrier stalls both). A larger
 step (a CNN, a wide MLP) uses every thread the worker has (DESCENT_WORKER_THREADS). The
 threshold: DESCENT_SINGLE_THREAD_BELOW_FLOPS (0: every job uses the worker's threads).
 """

@@ -199,11 +199,13 @@ def base_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def start_embedded(root: Path) -> Service:
-    """``python -m descent serve``: the README's one-command start, in ``root``."""
+def start_embedded(root: Path, env: dict[str, str] | None = None) -> Service:
+    """``python -m descent serve``: the README's one-command start, in ``root`` (with
+    ``env`` over its environment)."""
     port = free_port()
     data = root / "data"
-    service = Service(f"http://127.0.0.1:{port}", base_env(data), root, token_file=data / "token")
+    environment = base_env(data) | (env or {})
+    service = Service(f"http://127.0.0.1:{port}", environment, root, token_file=data / "token")
     service.start("serve", "-m", "descent", "serve", "--port", str(port))
     return service
 
