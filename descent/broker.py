@@ -38,11 +38,19 @@ class Channel(kombu_sqla.Channel):
         super()._put(queue, payload, **kwargs)
         _sent.set()
 
+    def _queue_id(self, queue: str) -> int:
+        """The queue's row id, read once per channel: kombu never deletes a queue's row (an
+        idle worker polls two queues ten times a second)."""
+        ids: dict[str, int] = self.__dict__.setdefault("_queue_ids", {})
+        if queue not in ids:
+            ids[queue] = self._get_or_create(queue).id
+        return ids[queue]
+
     def _get(self, queue: str) -> Any:
         """kombu's delivery of the oldest waiting message, which deletes its row (and any
         row an earlier version left invisible) instead of marking it invisible."""
         message_cls = self.message_cls
-        queue_id = self._get_or_create(queue).id
+        queue_id = self._queue_id(queue)
         session = self.session
         if session.bind.name == "sqlite":
             session.execute(text("BEGIN IMMEDIATE TRANSACTION"))

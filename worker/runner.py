@@ -152,6 +152,32 @@ def claim(job_id: str, worker: str, settings: Settings | None = None) -> Job | N
     """
     settings = settings or get_settings()
     with session_scope() as session:
+        # The usual case in one transaction: a queued job, not cancelled, with attempts left.
+        taken = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status == JobStatus.QUEUED,
+                Job.cancel_requested.is_(False),
+                Job.attempt < settings.max_attempts,
+            )
+            .values(
+                status=JobStatus.RUNNING,
+                attempt=Job.attempt + 1,
+                worker=worker,
+                heartbeat_at=now(),
+                unsent_since=None,  # its message was delivered (store/outbox.py)
+                started_at=func.coalesce(Job.started_at, now()),
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if taken:
+            job = session.get_one(Job, job_id)
+            webhooks.record(session, job)  # its status event, running: with the claim
+            return job
+    # Anything else (a lost worker's job, a cancel, a delivery of a job that ended), read
+    # first, then a compare-and-set on what was read.
+    with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None:
             raise JobNotFound(f"job {job_id} does not exist")
