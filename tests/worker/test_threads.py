@@ -28,7 +28,8 @@ def test_a_steps_operations_are_three_forward_passes_of_the_batch() -> None:
 
 
 def test_counting_changes_neither_the_model_nor_the_random_stream() -> None:
-    t = trainer({"arch": "mlp", "hidden": [32], "dropout": 0.5})
+    # Batch norm (its running statistics, its count of batches) and dropout (the stream).
+    t = trainer({"arch": "mlp", "hidden": [32], "dropout": 0.5, "norm": "batch"})
     t.model.train()
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
     expected = torch.random.get_rng_state()
