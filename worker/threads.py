@@ -36,6 +36,12 @@ def threads_for(trainer: Trainer, below: float | None = None) -> int:
     threads = torch.get_num_threads()
     if trainer.device.type != "cpu" or threads == 1 or below <= 0:
         return threads
+    # A layer's forward costs about 2 operations per weight and sample: a model whose
+    # parameters alone make the step ten times the threshold is not counted (a backbone's
+    # forward pass on the CPU is not free).
+    parameters = sum(p.numel() for p in trainer.model.parameters())
+    if 6 * parameters * trainer.spec.training.batch_size >= 10 * below:
+        return threads
     try:
         flops = trainer.step_flops()
     except Exception as exc:  # noqa: BLE001 - a model the counter cannot run: the default

@@ -55,6 +55,12 @@ def test_a_small_step_trains_on_one_thread_and_the_workers_threads_come_back() -
         with job_threads(large, BELOW):
             assert torch.get_num_threads() == 2
 
+        # A model this large is not even counted: its parameters say enough.
+        counted: list[float] = []
+        large.step_flops = lambda: counted.append(1.0) or 1.0  # type: ignore[method-assign]
+        assert threads_for(large, BELOW) == 2 and counted == []
+        assert threads_for(small, BELOW) == 1  # a small one is
+
         # DESCENT_SINGLE_THREAD_BELOW_FLOPS=0: the worker's threads for every job.
         assert threads_for(small, 0) == 2
     finally:
