@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{plain['study']['epochs']['trained']} | - | 1.00× | | |")  # fmt: skip
     for name, run, versus in (("study, no pruning", plain, ratio), ("study, ASHA", asha, None)):
         study = run["study"]
-        verdict = ("met" if ratio <= GOAL else "missed") if versus else ""
+        verdict = ("met" if versus <= GOAL else "missed") if versus else ""
         goal = f"≤ {GOAL}×" if versus else ""
         shown = versus if versus else run["wall"] / core
         print(

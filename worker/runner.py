@@ -153,27 +153,15 @@ def claim(job_id: str, worker: str, settings: Settings | None = None) -> Job | N
     settings = settings or get_settings()
     with session_scope() as session:
         # The usual case in one transaction: a queued job, not cancelled, with attempts left.
-        taken = session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.status == JobStatus.QUEUED,
-                Job.cancel_requested.is_(False),
-                Job.attempt < settings.max_attempts,
-            )
-            .values(
-                status=JobStatus.RUNNING,
-                attempt=Job.attempt + 1,
-                worker=worker,
-                heartbeat_at=now(),
-                unsent_since=None,  # its message was delivered (store/outbox.py)
-                started_at=func.coalesce(Job.started_at, now()),
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
-        if taken:
-            job = session.get_one(Job, job_id)
-            webhooks.record(session, job)  # its status event, running: with the claim
+        job = _take(
+            session,
+            job_id,
+            worker,
+            Job.status == JobStatus.QUEUED,
+            Job.cancel_requested.is_(False),
+            Job.attempt < settings.max_attempts,
+        )
+        if job is not None:
             return job
     # Anything else (a lost worker's job, a cancel, a delivery of a job that ended), read
     # first, then a compare-and-set on what was read.
@@ -222,30 +210,39 @@ def claim(job_id: str, worker: str, settings: Settings | None = None) -> Job | N
         end(_failed_values(message, WORKER_LOST if lost else CONNECTION, epoch))
         return None
     with session_scope() as session:
-        claimed = session.execute(
-            update(Job)
-            .where(Job.id == job_id, *unchanged)
-            .values(
-                status=JobStatus.RUNNING,
-                attempt=attempt + 1,
-                worker=worker,
-                heartbeat_at=now(),
-                unsent_since=None,  # its message was delivered (store/outbox.py)
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
-        if not claimed:
+        job = _take(session, job_id, worker, *unchanged)
+        if job is None:
             log.info("job %s changed while being claimed; this delivery does nothing", job_id)
             return None
-        job = session.get_one(Job, job_id, populate_existing=True)
-        if job.started_at is None:
-            job.started_at = now()
-        webhooks.record(session, job)  # its status event, running: with the claim
         if lost:
             log.warning(
                 "job %s: its worker %s was lost; attempt %d resumes it", job_id, holder, job.attempt
             )
         return job
+
+
+def _take(session: Any, job_id: str, worker: str, *where: Any) -> Job | None:
+    """The job's lease taken by a compare-and-set UPDATE on ``where``, its status event
+    recorded in the same transaction; the job, or None when ``where`` no longer holds."""
+    at = now()
+    taken = session.execute(
+        update(Job)
+        .where(Job.id == job_id, *where)
+        .values(
+            status=JobStatus.RUNNING,
+            attempt=Job.attempt + 1,
+            worker=worker,
+            heartbeat_at=at,
+            unsent_since=None,  # its message was delivered (store/outbox.py)
+            started_at=func.coalesce(Job.started_at, at),
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not taken:
+        return None
+    job: Job = session.get_one(Job, job_id, populate_existing=True)
+    webhooks.record(session, job)  # its status event, running: with the claim
+    return job
 
 
 def first_run(job: Job) -> bool:

@@ -21,25 +21,23 @@ from collections.abc import Iterator
 import torch
 
 from core.train import Trainer
-from descent.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
-def threads_for(trainer: Trainer, below: float | None = None) -> int:
+def threads_for(trainer: Trainer, below: float) -> int:
     """The threads for this job: one for a step of fewer than ``below`` floating-point
     operations on the CPU (DESCENT_SINGLE_THREAD_BELOW_FLOPS; 4e6 by default), else the
     worker's. Measured on 2 cores, the core alone: MLPs of 1.7-14.5 MFLOP a step train as
     fast on one thread as on two; CNNs of 2.7-4.5 MFLOP are ~10% faster on two, one of 16
     MFLOP 19%, a 430-MFLOP MLP 38%."""
-    below = get_settings().single_thread_below_flops if below is None else below
     threads = torch.get_num_threads()
     if trainer.device.type != "cpu" or threads == 1 or below <= 0:
         return threads
     # A layer's forward costs about 2 operations per weight and sample: a model whose
     # parameters alone make the step ten times the threshold is not counted (a backbone's
     # forward pass on the CPU is not free).
-    parameters = sum(p.numel() for p in trainer.model.parameters())
+    parameters = sum(trainer.parameter_counts().values())
     if 6 * parameters * trainer.spec.training.batch_size >= 10 * below:
         return threads
     try:
@@ -51,7 +49,7 @@ def threads_for(trainer: Trainer, below: float | None = None) -> int:
 
 
 @contextlib.contextmanager
-def job_threads(trainer: Trainer, below: float | None = None) -> Iterator[int]:
+def job_threads(trainer: Trainer, below: float) -> Iterator[int]:
     """torch's threads set for the job while it trains, the worker's again after."""
     before = torch.get_num_threads()
     threads = threads_for(trainer, below)
