@@ -9,6 +9,7 @@ bench_latency): embedded (``descent serve``: SQLite, the SQLAlchemy broker), red
 same with artifacts in an S3 server: moto's standalone server, as in the tests).
 
     python -m benchmarks.bench_service_tax [--repeats 2] [--mode embedded --mode s3] [--scale 1]
+        [--case "CNN, default cadence"]
 
 The cases: a digits MLP (64-64, batch 32, about 10 ms an epoch on an idle 2-CPU machine)
 for 200 epochs with the default checkpoint cadence (goal ≤ 1.15×), and with a checkpoint
@@ -76,9 +77,11 @@ def job_seconds(svc: Any, spec: dict[str, Any]) -> float:
     return stamp(job["finished_at"]) - stamp(job["started_at"])
 
 
-def bench(mode: str, repeats: int, scale: float) -> dict[str, list[tuple[float, float]]]:
+def bench(
+    mode: str, repeats: int, scale: float, cases: list[str]
+) -> dict[str, list[tuple[float, float]]]:
     """{case: [(core seconds, job seconds), ...]}"""
-    results: dict[str, list[tuple[float, float]]] = {case: [] for case in CASES}
+    results: dict[str, list[tuple[float, float]]] = {case: [] for case in cases}
     with tempfile.TemporaryDirectory(prefix=f"descent-bench-tax-{mode}-") as tmp:
         with service(mode, Path(tmp)) as svc:
             authorize(svc)
@@ -86,7 +89,7 @@ def bench(mode: str, repeats: int, scale: float) -> dict[str, list[tuple[float, 
             core_seconds(warm_up)
             job_seconds(svc, warm_up)
             for _ in range(repeats):
-                for case in CASES:
+                for case in cases:
                     spec = spec_for(case, scale)
                     core = core_seconds(spec)
                     before = cpu_seconds()
@@ -107,11 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs per case (default 2)")
     parser.add_argument("--mode", action="append", choices=MODES, help="default: both")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every case's epochs")
+    parser.add_argument("--case", action="append", choices=list(CASES), help="default: all")
     args = parser.parse_args(argv)
     print(f"machine: {machine()}", flush=True)
     print(f"{args.repeats} core runs and {args.repeats} jobs per case, alternating")
     start_load = load()
-    results = {mode: bench(mode, args.repeats, args.scale) for mode in args.mode or MODES}
+    cases = args.case or list(CASES)
+    results = {mode: bench(mode, args.repeats, args.scale, cases) for mode in args.mode or MODES}
     print(f"load average at start: {start_load}; at end: {load()}")
     print()
     print("| mode | checkpoints | core s | job s | job/core (runs) | goal | |")

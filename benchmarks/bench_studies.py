@@ -177,12 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{r:.2f}×" for r in kept_ratios)
         + ")"
     )
-    print(
-        "the same study, each job on torch's default threads (DESCENT_SINGLE_THREAD_BELOW_FLOPS"
-        f"=0): {median(control):.2f}× the core (runs: "
-        + ", ".join(f"{r:.2f}×" for r in control)
-        + ")"
-    )
+    if control:
+        print(
+            "the same study, each job on torch's default threads (DESCENT_SINGLE_THREAD_BELOW"
+            f"_FLOPS=0): {median(control):.2f}× the core (runs: "
+            + ", ".join(f"{r:.2f}×" for r in control)
+            + ")"
+        )
     for p in plains:
         spent = timeline(p["jobs"])
         print(

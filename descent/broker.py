@@ -6,7 +6,7 @@ busy timeout, as for the service's database, since the API and the worker both w
 
 kombu marks a message's row invisible when it delivers it and never reads that row again
 (a message given back is written anew), but keeps it forever. Each delivery here deletes
-the row instead, in the transaction that takes it, so the table holds only the messages
+the row instead, in the statement that takes it, so the table holds only the messages
 still waiting.
 
 A consumer polls its queues every ``polling_interval`` seconds, but a message sent by its
@@ -22,7 +22,7 @@ from typing import Any
 
 from kombu.transport import sqlalchemy as kombu_sqla
 from kombu.utils.encoding import bytes_to_str
-from sqlalchemy import Engine, or_, text
+from sqlalchemy import Engine, delete, select
 
 from store.db import make_engine
 
@@ -43,34 +43,46 @@ class Channel(kombu_sqla.Channel):
         idle worker polls two queues ten times a second)."""
         ids: dict[str, int] = self.__dict__.setdefault("_queue_ids", {})
         if queue not in ids:
-            ids[queue] = self._get_or_create(queue).id
+            ids[queue] = queue_id = self._get_or_create(queue).id
+            table = self.message_cls.__table__
+            # Rows an earlier version left invisible, once.
+            self.session.execute(
+                delete(table).where(table.c.queue_id == queue_id, table.c.visible.is_(False))
+            )
+            self.session.commit()
         return ids[queue]
 
+    def _take_oldest(self, queue_id: int) -> Any:
+        """One statement, built once per queue: delete the queue's oldest waiting message
+        and return its payload (atomic on its own: no transaction around a read and a
+        write, and no ORM query built at each poll)."""
+        statements: dict[int, Any] = self.__dict__.setdefault("_take_statements", {})
+        if queue_id not in statements:
+            table = self.message_cls.__table__
+            oldest = (
+                select(table.c.id)
+                .where(table.c.queue_id == queue_id, table.c.visible.is_(True))
+                .order_by(table.c.timestamp, table.c.id)  # kombu's sent_at
+                .limit(1)
+                .scalar_subquery()
+            )
+            statements[queue_id] = (
+                delete(table).where(table.c.id == oldest).returning(table.c.payload)
+            )
+        return statements[queue_id]
+
     def _get(self, queue: str) -> Any:
-        """kombu's delivery of the oldest waiting message, which deletes its row (and any
-        row an earlier version left invisible) instead of marking it invisible."""
-        message_cls = self.message_cls
+        """kombu's delivery of the oldest waiting message, which deletes its row instead of
+        marking it invisible."""
         queue_id = self._queue_id(queue)
         session = self.session
-        if session.bind.name == "sqlite":
-            session.execute(text("BEGIN IMMEDIATE TRANSACTION"))
         try:
-            message = (
-                session.query(message_cls)
-                .with_for_update()
-                .filter(message_cls.queue_id == queue_id, message_cls.visible.is_(True))
-                .order_by(message_cls.sent_at, message_cls.id)
-                .first()
-            )
-            if message is None:
-                raise Empty()
-            payload = loads(bytes_to_str(message.payload))
-            session.query(message_cls).filter(
-                or_(message_cls.id == message.id, message_cls.visible.is_(False))
-            ).delete(synchronize_session=False)
-            return payload
+            payload = session.execute(self._take_oldest(queue_id)).scalar_one_or_none()
         finally:
             session.commit()
+        if payload is None:
+            raise Empty()
+        return loads(bytes_to_str(payload))
 
 
 class Transport(kombu_sqla.Transport):

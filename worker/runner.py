@@ -41,7 +41,7 @@ from descent.settings import Settings, get_settings
 from store import counters, webhooks
 from store.artifacts import Artifacts, get_artifacts
 from store.db import session_scope
-from store.models import Checkpoint, Job, JobStatus, Metric
+from store.models import Checkpoint, Job, JobStatus, Metric, new_id
 from store.users import limits_for, used_device_hours
 from worker import studies
 from worker.resources import job_resources
@@ -51,6 +51,8 @@ from worker.writer import (
     Cadence,
     CheckpointWriter,
     Snapshot,
+    expected_write_seconds,
+    remember_write,
     snapshot,
     store_files,
 )
@@ -359,6 +361,7 @@ class WorkerHooks(TrainerHooks):
         # The built model's trainable and frozen parameter counts: on the job's row with the
         # first commit (set before training starts).
         self.parameters: dict[str, int] | None = None
+        self.model_parameters = 0  # their sum (0: not counted)
         # What the recorder's commits found (a used-up budget, a pruning): acted on at the
         # end of the training thread's next epoch, never in the middle of one.
         self._found_budget: str | None = None
@@ -426,7 +429,11 @@ class WorkerHooks(TrainerHooks):
         self._mark = time.monotonic()
         if self.cadence is None:  # this run's first epoch (before the recorder reads these)
             spec = trainer.spec
-            self.cadence = Cadence(spec.checkpoints, spec.training.epochs)
+            self.cadence = Cadence(
+                spec.checkpoints,
+                spec.training.epochs,
+                write_seconds=expected_write_seconds(self.model_parameters),
+            )
             self.total_epochs = spec.training.epochs
             self.best_events = spec.notify is not None and "best" in spec.notify.events
         self.recorder.put(EpochItem(record, seconds), record.epoch)  # raises a failed commit
@@ -479,6 +486,12 @@ class WorkerHooks(TrainerHooks):
         self.recorder.close()
         self.writer.close()
 
+    def _holding(self) -> Any:
+        """An UPDATE of the job's row while this run holds its lease (no row: it lost it)."""
+        return update(Job).where(
+            Job.id == self.job_id, Job.worker == self.lease.worker, Job.status == JobStatus.RUNNING
+        )
+
     def _commit_epochs(self, items: list[EpochItem]) -> None:
         """On the recorder thread: the epochs' metrics and the job's progress, one
         transaction (plain statements: this runs every few milliseconds for small models)."""
@@ -517,14 +530,7 @@ class WorkerHooks(TrainerHooks):
                 # is committed durably, on the writer thread).
                 session.execute(text("SET LOCAL synchronous_commit = off"))
             held = session.execute(
-                update(Job)
-                .where(
-                    Job.id == self.job_id,
-                    Job.worker == self.lease.worker,
-                    Job.status == JobStatus.RUNNING,
-                )
-                .values(values)
-                .execution_options(synchronize_session=False)
+                self._holding().values(values).execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
             if not held:
                 self.lease.lost.set()
@@ -598,25 +604,36 @@ class WorkerHooks(TrainerHooks):
         files = store_files(self.artifacts, stem, snap.contents)
         self.recorder.wait(snap.epoch)
         with session_scope() as session:
-            job = session.get_one(Job, self.job_id, with_for_update=True)
-            if job.worker != self.lease.worker or job.status != JobStatus.RUNNING:
-                raise LeaseLost(self.job_id)  # its files are swept by the new holder
-            checkpoint = Checkpoint(
-                job_id=self.job_id,
-                epoch=snap.epoch,
-                value=finite(snap.value),
-                weights_path=files.weights_key,
-                state_path=files.state_key,
-                bytes=files.bytes,
-                sha256=files.sha256,
+            checkpoint_id = new_id()
+            # The lease checked and the job's row locked by one UPDATE, which names the new
+            # best; nothing if the lease was lost (the new holder sweeps the files).
+            best = Job.best_checkpoint_id
+            best_id = session.execute(
+                self._holding()
+                .values(best_checkpoint_id=checkpoint_id if snap.is_best else best)
+                .returning(best)
+                .execution_options(synchronize_session=False)
+            ).one_or_none()
+            if best_id is None:
+                raise LeaseLost(self.job_id)
+            session.add(
+                Checkpoint(
+                    id=checkpoint_id,
+                    job_id=self.job_id,
+                    epoch=snap.epoch,
+                    value=finite(snap.value),
+                    weights_path=files.weights_key,
+                    state_path=files.state_key,
+                    bytes=files.bytes,
+                    sha256=files.sha256,
+                )
             )
-            session.add(checkpoint)
             session.flush()
-            if snap.is_best:
-                job.best_checkpoint_id = checkpoint.id
-            doomed = self._retire(session, job)
+            doomed = self._retire(session, best_id[0])
+        seconds = time.monotonic() - started
+        remember_write(seconds, self.model_parameters)  # for this worker's next jobs
         if self.cadence is not None:  # the default interval follows the writes' cost
-            self.cadence.wrote(time.monotonic() - started)
+            self.cadence.wrote(seconds)
         self._delete_files(doomed)
 
     def _delete_files(self, rows: list[Any]) -> None:
@@ -640,7 +657,7 @@ class WorkerHooks(TrainerHooks):
                 f"({used:.3f} used); the job stopped after its last finished epoch"
             )
 
-    def _retire(self, session: Any, job: Job) -> list[Checkpoint]:
+    def _retire(self, session: Any, best_id: str | None) -> list[Checkpoint]:
         """Delete the rows of checkpoints past keep_top_k; never the best or the last."""
         rows = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == self.job_id)))
         last = max(rows, key=lambda row: row.epoch)
@@ -651,7 +668,7 @@ class WorkerHooks(TrainerHooks):
             return (sign * row.value if row.value is not None else math.inf, row.epoch)
 
         keep = {row.id for row in sorted(rows, key=rank)[: self.keep_top_k]}
-        keep |= {last.id, job.best_checkpoint_id}
+        keep |= {last.id, best_id}
         doomed = [row for row in rows if row.id not in keep]
         for row in doomed:
             session.delete(row)
@@ -729,6 +746,7 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
         else:
             trainer = resume(spec, hooks, job_id, artifacts, resources, first=hooks.first_run)
             hooks.parameters = trainer.parameter_counts()
+            hooks.model_parameters = sum(hooks.parameters.values())
             runtime = job.runtime_seconds or 0.0  # as claimed: only the lease holder adds to it
             hooks.limit_runtime(spec.training.max_runtime_seconds, runtime, trainer.epoch)
             hooks.start_clock()

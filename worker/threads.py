@@ -40,12 +40,33 @@ def threads_for(trainer: Trainer, below: float) -> int:
     parameters = sum(trainer.parameter_counts().values())
     if 6 * parameters * trainer.spec.training.batch_size >= 10 * below:
         return threads
-    try:
-        flops = trainer.step_flops()
-    except Exception as exc:  # noqa: BLE001 - a model the counter cannot run: the default
-        log.debug("could not count a step's operations: %s", exc)
+    flops = step_flops(trainer)
+    if flops is None:
         return threads
     return 1 if flops < below else threads
+
+
+# A step's count by the model's structure, its input and its batch: a study's trials share a
+# few models, and counting one takes a few milliseconds of Python (torch's dispatch mode).
+_counted: dict[tuple[str, tuple[int, ...], str, int], float | None] = {}
+COUNTED_MODELS = 64
+
+
+def step_flops(trainer: Trainer) -> float | None:
+    """``trainer.step_flops()``, remembered for the next job of the same model (None: a
+    model the counter cannot run)."""
+    sample = trainer.data.x_train
+    key = (repr(trainer.model), tuple(sample.shape[1:]), str(sample.dtype),
+           trainer.spec.training.batch_size)  # fmt: skip
+    if key not in _counted:
+        try:
+            _counted[key] = trainer.step_flops()
+        except Exception as exc:  # noqa: BLE001 - a model the counter cannot run: the default
+            log.debug("could not count a step's operations: %s", exc)
+            _counted[key] = None
+        while len(_counted) > COUNTED_MODELS:
+            del _counted[next(iter(_counted))]
+    return _counted[key]
 
 
 @contextlib.contextmanager

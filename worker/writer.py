@@ -94,27 +94,55 @@ def snapshot(trainer: Trainer, record: EpochRecord) -> Snapshot:
 AUTO_INTERVAL = 1.0
 WRITE_SHARE = 0.02
 
+# This process's last checkpoint write: (seconds, the model's parameters). A job's default
+# interval starts from it (``expected_write_seconds``), so that a worker's next job of a
+# large model does not store its first checkpoint a second in, before its own writes were
+# ever timed (a 2-million-parameter CNN's checkpoint took ~0.3 s to upload to an S3 server:
+# 30% of that first second).
+_last_write = (0.0, 0)
+
+
+def expected_write_seconds(parameters: int) -> float:
+    """How long a checkpoint of a model this large should take to store, from this process's
+    last write: as long for a model as large or larger (never more: a write has a fixed
+    cost, and an underestimate only writes sooner), in proportion for a smaller one; 0
+    before any write."""
+    seconds, then = _last_write
+    if then <= 0 or parameters <= 0:
+        return 0.0
+    return seconds * min(1.0, parameters / then)
+
+
+def remember_write(seconds: float, parameters: int) -> None:
+    global _last_write
+    if parameters > 0:
+        _last_write = (seconds, parameters)
+
 
 class Cadence:
     """Which epochs are due a checkpoint: every ``every_epochs``-th epoch, once the interval
     has passed since the last one, and always the last epoch (the epoch limit, or one that
     stops the run). The interval is ``min_interval_seconds``, or by default at least a
-    second and at least 50 times the last write's time (``wrote``): writing takes at most
-    2% of the run, whatever the model's size and the store's speed. A best epoch between
-    two due ones is held in memory and written with the next due one (worker/runner.py):
-    the best is always written, the run's epochs are never slowed by writing each best of
-    an improving run."""
+    second and at least 50 times the last write's time (``wrote``; before the run's first,
+    ``write_seconds``: the time this process's last write would take for this model):
+    writing takes at most 2% of the run, whatever the model's size and the store's speed.
+    A best epoch between two due ones is held in memory and written with the next due one
+    (worker/runner.py): the best is always written, the run's epochs are never slowed by
+    writing each best of an improving run."""
 
     def __init__(
         self,
         spec: CheckpointSpec,
         last_epoch: int,
         clock: Callable[[], float] = time.monotonic,
+        write_seconds: float = 0.0,
     ) -> None:
         self.every, self.fixed = spec.every_epochs, spec.min_interval_seconds
         self.last_epoch, self.clock = last_epoch, clock
         self.last_write = clock()
-        self.write_seconds = 0.0  # how long the last checkpoint took to store
+        # How long the last checkpoint took to store; before the run's first, an estimate
+        # (``expected_write_seconds``).
+        self.write_seconds = write_seconds
 
     @property
     def interval(self) -> float:

@@ -160,6 +160,32 @@ def test_the_default_interval_keeps_writing_under_two_percent_of_the_run() -> No
     assert fixed.due(record(6))
 
 
+def test_the_write_expected_is_the_last_ones_never_more() -> None:
+    from worker import writer
+
+    saved = writer._last_write
+    try:
+        writer._last_write = (0.0, 0)
+        assert writer.expected_write_seconds(1000) == 0.0  # no write yet
+        writer.remember_write(0.4, 2_000_000)
+        assert writer.expected_write_seconds(4_000_000) == 0.4  # larger: as long
+        assert writer.expected_write_seconds(500_000) == pytest.approx(0.1)  # smaller: less
+    finally:
+        writer._last_write = saved
+
+
+def test_a_run_whose_writes_are_expected_to_be_slow_does_not_write_at_its_first_second() -> None:
+    """Before its first write, the interval follows the write expected (from the worker's
+    last job): 0.1 s means a first checkpoint after 5 s, not 1 s."""
+    now = [0.0]
+    clock: Callable[[], float] = lambda: now[0]  # noqa: E731
+    cadence = Cadence(CheckpointSpec(), 100, clock, write_seconds=0.1)
+    now[0] = 4.99
+    assert not cadence.due(record(1))
+    now[0] = 5.0
+    assert cadence.due(record(2))
+
+
 def test_a_run_with_the_default_interval_learns_it_from_its_own_writes(
     sqlite_env: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -175,6 +201,9 @@ def test_a_run_with_the_default_interval_learns_it_from_its_own_writes(
             time.sleep(0.025)  # each of a checkpoint's two files
             return super().write(relative, data, sha256)
 
+    from worker import writer
+
+    monkeypatch.setattr(writer, "_last_write", (0.0, 0))  # restored after: no other test's
     store = SlowStore(get_artifacts().root)
     monkeypatch.setattr(runner, "get_artifacts", lambda: store)
     cadences: list[Cadence] = []
@@ -192,6 +221,19 @@ def test_a_run_with_the_default_interval_learns_it_from_its_own_writes(
     cadence = cadences[-1]
     assert cadence.fixed is None and cadence.write_seconds >= 0.05
     assert cadence.interval == pytest.approx(cadence.write_seconds * 50) and cadence.interval >= 2.5
+
+    # The worker's next job of the same model starts from that write's time: its first
+    # checkpoint is not due a second in.
+    started: list[float] = []  # each new cadence's interval, as it starts
+    real_init = Cadence.__init__
+
+    def init(self: Cadence, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        started.append(self.interval)
+
+    monkeypatch.setattr(Cadence, "__init__", init)
+    assert run_job(make_job(spec), worker="w/1") == "succeeded"
+    assert started == [pytest.approx(cadence.interval, rel=1e-6)]
 
 
 # ------------------------------------------------------------------ a crash between checkpoints

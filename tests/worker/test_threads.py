@@ -5,7 +5,7 @@ import torch
 from core.spec import JobSpec
 from core.train import Trainer
 from descent.settings import Settings
-from worker.threads import job_threads, threads_for
+from worker.threads import job_threads, step_flops, threads_for
 
 BELOW = Settings().single_thread_below_flops  # the default, 4 MFLOP
 
@@ -65,3 +65,18 @@ def test_a_small_step_trains_on_one_thread_and_the_workers_threads_come_back() -
         assert threads_for(small, 0) == 2
     finally:
         torch.set_num_threads(saved)
+
+
+def test_a_models_count_is_made_once_per_structure_input_and_batch() -> None:
+    first = trainer({"arch": "mlp", "hidden": [48]})
+    expected = first.step_flops()
+    assert step_flops(first) == expected
+    again = trainer({"arch": "mlp", "hidden": [48]})
+    wider = trainer({"arch": "mlp", "hidden": [49]})
+    other_batch = trainer({"arch": "mlp", "hidden": [48]}, batch_size=8)
+    made: list[int] = []
+    for t in (again, wider, other_batch):
+        t.step_flops = lambda t=t: made.append(1) or Trainer.step_flops(t)  # type: ignore[method-assign]
+    assert step_flops(again) == expected and made == []  # the same model: remembered
+    assert step_flops(wider) == 3 * 2 * (64 * 49 + 49 * 10) * 64 and made == [1]
+    assert step_flops(other_batch) == expected / 8 and made == [1, 1]
