@@ -22,6 +22,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,6 +52,7 @@ from worker.writer import (
     Cadence,
     CheckpointWriter,
     Snapshot,
+    StoredFiles,
     expected_write_seconds,
     remember_write,
     snapshot,
@@ -371,6 +373,7 @@ class WorkerHooks(TrainerHooks):
         # Checkpoints on the spec's cadence (worker/writer.py).
         self.cadence: Cadence | None = None
         self.held_best: Snapshot | None = None  # a best epoch's state, not yet due
+        self.final: Snapshot | None = None  # the run's last epoch's, written by finish()
         # Set once this attempt's first commit has cleared what earlier attempts wrote past it
         # (at once on a first run: nothing to clear).
         self.first_run = first_run(job)
@@ -443,11 +446,20 @@ class WorkerHooks(TrainerHooks):
             self.recorder.wait(record.epoch)
         self._take_findings()
         # A run about to stop (a limit, a pruner, a cancel) ends with its last epoch's checkpoint.
-        if self.cadence.due(record) or self.should_stop():
-            if not record.is_best:
-                self._hand_over_best()
-            self.held_best = None
-            self.writer.put(snapshot(trainer, record), record.epoch)
+        stopping = self.should_stop()
+        if self.cadence.due(record) or stopping:
+            snap = snapshot(trainer, record)
+            if stopping or record.stop is not None or record.epoch >= self.total_epochs:
+                # The run's last epoch: its checkpoint (and a best held) is written by
+                # finish(), in one transaction with the last epochs and the job's end.
+                if record.is_best:
+                    self.held_best = None
+                self.final = snap
+            else:
+                if not record.is_best:
+                    self._hand_over_best()
+                self.held_best = None
+                self.writer.put(snap, record.epoch)
             self.cadence.written()
         elif record.is_best:
             # A best between two due epochs: kept in memory (a newer best replaces it) and
@@ -463,22 +475,49 @@ class WorkerHooks(TrainerHooks):
         self.budget_used_up = self.budget_used_up or self._found_budget
         self.pruned = self.pruned or self._found_pruned
 
-    def finish(self) -> None:
-        """Wait until every epoch is committed and the last checkpoint is durable; raises
-        what either thread failed with. A best held in memory (a run stopped in the middle
-        of an epoch by a cancel or a preemption) is written first."""
-        self._hand_over_best()
-        self.recorder.wait()
+    def finish(self, end: Callable[[Any], str] | None = None) -> str | None:
+        """Every epoch committed, the run's last checkpoints durable and, given ``end``, the
+        job's end written by ``end(session)`` (its outcome returned). Once the writer has
+        stored the checkpoints handed to it, this thread stores the last epoch's (and a best
+        held in memory: a run stopped in the middle of an epoch by a cancel or a
+        preemption has only that), then commits the epochs the recorder has not, their
+        rows and the end in one transaction: a short run (a study's trial) ends in one
+        commit instead of three on three threads. Raises what either thread failed with."""
+        finals = [snap for snap in (self.held_best, self.final) if snap is not None]
+        if self.final is not None:
+            self.writer.supersede(self.final)
+        self.held_best = self.final = None
         self.writer.wait()
+        started = time.monotonic()
+        stored = [(snap, self._store_files(snap)) for snap in finals]
+        items = self.recorder.take()
+        parameters = self.parameters
+        outcome = None
+        if items or stored or end is not None:
+            with session_scope() as session:
+                stale = self._write_epochs(session, items, parameters) if items else []
+                doomed = [
+                    row for snap, files in stored for row in self._write_row(session, snap, files)
+                ]
+                self._take_findings()
+                outcome = end(session) if end is not None else None
+            if items:
+                self._epochs_committed(parameters, stale)
+            if stored:  # the time of one, for the cadence
+                self._checkpoint_committed((time.monotonic() - started) / len(stored), doomed)
         self._take_findings()
+        return outcome
 
     def abandon(self) -> None:
-        """The same for a run that ends with an error of its own: the epochs and the
-        checkpoint handed off are kept (a retry resumes from it), their errors logged."""
+        """For a run that ends with an error of its own: the epochs and the checkpoints
+        handed off are kept (a retry resumes from them), their errors logged."""
         try:
             self._hand_over_best()
+            if self.final is not None:
+                self.writer.put(self.final, self.final.epoch)
+                self.final = None
         except Exception:
-            log.exception("job %s: its best checkpoint could not be handed over", self.job_id)
+            log.exception("job %s: its last checkpoints could not be handed over", self.job_id)
         self.recorder.drain()
         self.writer.drain()
 
@@ -495,6 +534,27 @@ class WorkerHooks(TrainerHooks):
     def _commit_epochs(self, items: list[EpochItem]) -> None:
         """On the recorder thread: the epochs' metrics and the job's progress, one
         transaction (plain statements: this runs every few milliseconds for small models)."""
+        parameters = self.parameters
+        with session_scope() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                # Not waited for on disk: a database crash loses at most the last moments'
+                # epochs, which a resume redoes from the last checkpoint anyway (whose row
+                # is committed durably, by the writer or with the job's end).
+                session.execute(text("SET LOCAL synchronous_commit = off"))
+            stale = self._write_epochs(session, items, parameters)
+        self._epochs_committed(parameters, stale)
+
+    def _epochs_committed(self, parameters: dict[str, int] | None, stale: list[Any]) -> None:
+        self._redo_cleared = True
+        if self.parameters is parameters:
+            self.parameters = None  # recorded
+        self._delete_files(stale)
+
+    def _write_epochs(
+        self, session: Any, items: list[EpochItem], parameters: dict[str, int] | None
+    ) -> list[Any]:
+        """The epochs' statements; the rows of checkpoints they replace (their files are
+        deleted once committed)."""
         records = [item.record for item in items]
         last = records[-1]
         values: dict[str, Any] = {
@@ -507,7 +567,6 @@ class WorkerHooks(TrainerHooks):
         }
         if not self.best_events:
             values.update(best_epoch=last.best_epoch, best_value=finite(last.best_value))
-        parameters = self.parameters
         if parameters is not None:
             values["parameters"] = parameters
         diagnoses = [r.diagnosis for r in records if r.diagnosis is not None]
@@ -522,41 +581,32 @@ class WorkerHooks(TrainerHooks):
         # The epochs' durations, counted as they commit (store/counters.py).
         durations = (finite(r.metrics.get("epoch_seconds")) for r in records)
         counted = [seconds for seconds in durations if seconds is not None]
+        held = session.execute(
+            self._holding().values(values).execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if not held:
+            self.lease.lost.set()
+            raise LeaseLost(self.job_id)  # rolls back: the new holder redoes the epochs
+        if self.best_events:
+            self._record_bests(session, records)
         stale: list[Any] = []
-        with session_scope() as session:
-            if session.get_bind().dialect.name == "postgresql":
-                # Not waited for on disk: a database crash loses at most the last moments'
-                # epochs, which a resume redoes from the last checkpoint anyway (whose row
-                # is committed durably, on the writer thread).
-                session.execute(text("SET LOCAL synchronous_commit = off"))
-            held = session.execute(
-                self._holding().values(values).execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]
-            if not held:
-                self.lease.lost.set()
-                raise LeaseLost(self.job_id)  # rolls back: the new holder redoes the epochs
-            if self.best_events:
-                self._record_bests(session, records)
-            if not self._redo_cleared:
-                stale = self._clear_redone(session, records[0].epoch)
-            rows = [
-                dict(job_id=self.job_id, epoch=r.epoch, step=0, name=name, value=finite(value))
-                for r in records
-                for name, value in r.metrics.items()
-            ]
-            session.execute(insert(Metric), rows)
-            counters.count_epochs(session, counter_source(self.lease.worker), counted)
-            self._check_budget(session)
-            if self.trial:
-                for record in records:
-                    if self._found_pruned is None and self.pruned is None and record.stop is None:
-                        self._found_pruned = studies.prune(
-                            session, self.job_id, record.epoch, self.total_epochs
-                        )
-        self._redo_cleared = True
-        if self.parameters is parameters:
-            self.parameters = None  # recorded
-        self._delete_files(stale)
+        if not self._redo_cleared:
+            stale = self._clear_redone(session, records[0].epoch)
+        rows = [
+            dict(job_id=self.job_id, epoch=r.epoch, step=0, name=name, value=finite(value))
+            for r in records
+            for name, value in r.metrics.items()
+        ]
+        session.execute(insert(Metric), rows)
+        counters.count_epochs(session, counter_source(self.lease.worker), counted)
+        self._check_budget(session)
+        if self.trial:
+            for record in records:
+                if self._found_pruned is None and self.pruned is None and record.stop is None:
+                    self._found_pruned = studies.prune(
+                        session, self.job_id, record.epoch, self.total_epochs
+                    )
+        return stale
 
     def _record_bests(self, session: Any, records: list[EpochRecord]) -> None:
         """The job's best epoch, set for each new best of the batch with a flush each: the
@@ -598,39 +648,49 @@ class WorkerHooks(TrainerHooks):
         """On the writer thread: the files, stored, then (once its epoch is committed) the
         row that makes them durable."""
         started = time.monotonic()
-        # The attempt in the name: a worker presumed dead never overwrites the new run's files.
-        stem = f"{self.job_id}/epoch-{snap.epoch:05d}-{self.attempt}"
-        # Stored (in the folder, fsynced; or uploaded from memory) before its row names it.
-        files = store_files(self.artifacts, stem, snap.contents)
+        files = self._store_files(snap)
         self.recorder.wait(snap.epoch)
         with session_scope() as session:
-            checkpoint_id = new_id()
-            # The lease checked and the job's row locked by one UPDATE, which names the new
-            # best; nothing if the lease was lost (the new holder sweeps the files).
-            best = Job.best_checkpoint_id
-            best_id = session.execute(
-                self._holding()
-                .values(best_checkpoint_id=checkpoint_id if snap.is_best else best)
-                .returning(best)
-                .execution_options(synchronize_session=False)
-            ).one_or_none()
-            if best_id is None:
-                raise LeaseLost(self.job_id)
-            session.add(
-                Checkpoint(
-                    id=checkpoint_id,
-                    job_id=self.job_id,
-                    epoch=snap.epoch,
-                    value=finite(snap.value),
-                    weights_path=files.weights_key,
-                    state_path=files.state_key,
-                    bytes=files.bytes,
-                    sha256=files.sha256,
-                )
+            doomed = self._write_row(session, snap, files)
+        self._checkpoint_committed(time.monotonic() - started, doomed)
+
+    def _store_files(self, snap: Snapshot) -> StoredFiles:
+        """Stored (in the folder, fsynced; or uploaded from memory) before a row names them.
+        The attempt in the name: a worker presumed dead never overwrites the new run's."""
+        stem = f"{self.job_id}/epoch-{snap.epoch:05d}-{self.attempt}"
+        return store_files(self.artifacts, stem, snap.contents)
+
+    def _write_row(self, session: Any, snap: Snapshot, files: StoredFiles) -> list[Checkpoint]:
+        """The checkpoint's row, the job's best and retention; the rows retired (their
+        files are deleted once committed)."""
+        checkpoint_id = new_id()
+        # The lease checked and the job's row locked by one UPDATE, which names the new
+        # best; nothing if the lease was lost (the new holder sweeps the files).
+        best = Job.best_checkpoint_id
+        best_id = session.execute(
+            self._holding()
+            .values(best_checkpoint_id=checkpoint_id if snap.is_best else best)
+            .returning(best)
+            .execution_options(synchronize_session=False)
+        ).one_or_none()
+        if best_id is None:
+            raise LeaseLost(self.job_id)
+        session.add(
+            Checkpoint(
+                id=checkpoint_id,
+                job_id=self.job_id,
+                epoch=snap.epoch,
+                value=finite(snap.value),
+                weights_path=files.weights_key,
+                state_path=files.state_key,
+                bytes=files.bytes,
+                sha256=files.sha256,
             )
-            session.flush()
-            doomed = self._retire(session, best_id[0])
-        seconds = time.monotonic() - started
+        )
+        session.flush()
+        return self._retire(session, best_id[0])
+
+    def _checkpoint_committed(self, seconds: float, doomed: list[Checkpoint]) -> None:
         remember_write(seconds, self.model_parameters)  # for this worker's next jobs
         if self.cadence is not None:  # the default interval follows the writes' cost
             self.cadence.wrote(seconds)
@@ -753,7 +813,8 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
             # One thread for a small step (worker/threads.py).
             with job_threads(trainer, settings.single_thread_below_flops):
                 result = trainer.train()
-        hooks.finish()  # every epoch committed, the last checkpoint durable
+        # Every epoch committed, the last checkpoint durable and the job's end written.
+        outcome = hooks.finish(lambda session: _end(session, job_id, worker, result, hooks))
     except LeaseLost:
         log.warning("job %s: another worker holds it now; this run stops", job_id)
         return "lost"
@@ -766,24 +827,33 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
         if failure in settings.retried_failures:
             log.warning("job %s: %s; it will be retried from its last checkpoint", job_id, message)
             raise RetryableFailure(failure, message, _release(job_id, worker)) from exc
-        _fail(job_id, worker, message, failure, diagnosis=getattr(exc, "diagnosis", None))
+        with session_scope() as session:
+            diagnosis = getattr(exc, "diagnosis", None)
+            _fail(session, job_id, worker, message, failure, diagnosis=diagnosis)
         return "failed"
     finally:
         hooks.close()
         lease.done.set()
         lease.join()
-    if lease.lost.is_set():
+    if outcome not in ("lost", "preempted") and not hooks.first_run:
+        sweep_orphans(job_id, artifacts)  # files a worker presumed dead wrote meanwhile
+    return outcome or "lost"
+
+
+def _end(session: Any, job_id: str, worker: str, result: FitResult, hooks: WorkerHooks) -> str:
+    """The job's end after its run, in the transaction of its last epochs: its outcome."""
+    if hooks.lease.lost.is_set():
         return "lost"
     if result.status == "cancelled" and PREEMPTED.is_set() and not hooks.stopped_itself():
         return "preempted"  # the task hands the job back (worker/tasks.py)
     if hooks.budget_used_up is not None and result.status == "cancelled":
-        _fail(job_id, worker, hooks.budget_used_up, "budget", reason="budget")
+        _fail(session, job_id, worker, hooks.budget_used_up, "budget", reason="budget")
         return "failed"
     stop = None
     if (
         hooks.runtime_used_up is not None
         and result.status == "cancelled"
-        and not lease.cancelled.is_set()
+        and not hooks.lease.cancelled.is_set()
     ):
         # It trained, and stopped at its own limit: a success, with its best checkpoint.
         result.status = "succeeded"
@@ -793,14 +863,15 @@ def run_job(job_id: str, worker: str, settings: Settings | None = None) -> str:
             "epoch": result.last_epoch,
             "detail": hooks.runtime_used_up,
         }
-    if hooks.pruned is not None and result.status == "cancelled" and not lease.cancelled.is_set():
+    if (
+        hooks.pruned is not None
+        and result.status == "cancelled"
+        and not hooks.lease.cancelled.is_set()
+    ):
         # A study's pruner stopped it: a success, with its best checkpoint (worker/studies.py).
         result.status = "succeeded"
         stop = dict(hooks.pruned)
-    outcome = _succeed(job_id, worker, result, stop=stop)
-    if not hooks.first_run:  # files a worker presumed dead wrote meanwhile
-        sweep_orphans(job_id, artifacts)
-    return outcome
+    return _succeed(session, job_id, worker, result, stop=stop)
 
 
 def resume(
@@ -854,27 +925,32 @@ def _runtime(job_id: str) -> float:
 
 
 def _succeed(
-    job_id: str, worker: str, result: FitResult, *, stop: dict[str, Any] | None = None
+    session: Any,
+    job_id: str,
+    worker: str,
+    result: FitResult,
+    *,
+    stop: dict[str, Any] | None = None,
 ) -> str:
     """Write the job's end; ``stop`` replaces the result's own (a limit the worker applied)."""
-    with session_scope() as session:
-        job = session.get_one(Job, job_id, with_for_update=True)
-        if job.worker != worker:
-            return "lost"
-        status = JobStatus.CANCELLED if result.status == "cancelled" else JobStatus.SUCCEEDED
-        stop = dict(stop) if stop is not None else result.stop.to_dict()
-        stop.update(
-            best_epoch=result.best_epoch,
-            best_value=finite(result.best_value),
-            patience_wait=job.patience_wait,
-        )
-        job.diagnosis = result.diagnosis or job.diagnosis
-        job.warnings = result.warnings
-        finish(session, job, status, stop=stop)
+    job = session.get_one(Job, job_id, with_for_update=True, populate_existing=True)
+    if job.worker != worker:
+        return "lost"
+    status = JobStatus.CANCELLED if result.status == "cancelled" else JobStatus.SUCCEEDED
+    stop = dict(stop) if stop is not None else result.stop.to_dict()
+    stop.update(
+        best_epoch=result.best_epoch,
+        best_value=finite(result.best_value),
+        patience_wait=job.patience_wait,
+    )
+    job.diagnosis = result.diagnosis or job.diagnosis
+    job.warnings = result.warnings
+    finish(session, job, status, stop=stop)
     return result.status
 
 
 def _fail(
+    session: Any,
     job_id: str,
     worker: str,
     message: str,
@@ -883,19 +959,18 @@ def _fail(
     reason: str = "error",
     diagnosis: dict[str, Any] | None = None,
 ) -> None:
-    with session_scope() as session:
-        job = session.get_one(Job, job_id, with_for_update=True)
-        if job.worker != worker:
-            return
-        job.diagnosis = diagnosis or job.diagnosis
-        stop = {
-            "reason": reason,
-            "rule": None,
-            "failure": failure,
-            "epoch": job.epoch,
-            "detail": message,
-        }
-        finish(session, job, JobStatus.FAILED, error=message, stop=stop)
+    job = session.get_one(Job, job_id, with_for_update=True, populate_existing=True)
+    if job.worker != worker:
+        return
+    job.diagnosis = diagnosis or job.diagnosis
+    stop = {
+        "reason": reason,
+        "rule": None,
+        "failure": failure,
+        "epoch": job.epoch,
+        "detail": message,
+    }
+    finish(session, job, JobStatus.FAILED, error=message, stop=stop)
 
 
 def _release(job_id: str, worker: str) -> datetime | None:

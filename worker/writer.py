@@ -222,6 +222,16 @@ class Background(Generic[T]):
                 self._waiters -= 1
             self._raise()
 
+    def take(self) -> list[T]:
+        """The items still waiting, taken to be handled by the caller (in one transaction
+        with its own work), once the call of ``handle`` in progress, if any, has ended;
+        raises the thread's error."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._error is not None or not self._running)
+            self._raise()
+            taken, self._waiting = self._waiting, []
+        return [item for _, item in taken]
+
     def drain(self) -> None:
         """``wait``, logging (not raising) an error: for a run ending with one of its own."""
         try:
@@ -253,6 +263,8 @@ class Background(Generic[T]):
                     lambda due=due: self._closed or self._waiters > 0 or time.monotonic() >= due,
                     timeout=max(0.0, due - time.monotonic()),
                 )
+                if not self._waiting:  # taken by the caller meanwhile (``take``)
+                    continue
                 self._last = time.monotonic()
                 take = len(self._waiting) if self._batch else 1
                 self._running, self._waiting = self._waiting[:take], self._waiting[take:]
@@ -284,6 +296,13 @@ class CheckpointWriter(Background[Snapshot]):
 
     def __init__(self, name: str, store: Callable[[Snapshot], None]) -> None:
         super().__init__(name, lambda snaps: store(snaps[0]), batch=False, merge=self._coalesce)
+
+    def supersede(self, snap: Snapshot) -> None:
+        """``snap`` is written by the caller (a run's last checkpoint, with the job's end):
+        the checkpoints waiting that it supersedes are skipped, as if it had been put."""
+        with self._cond:
+            self._raise()
+            self._waiting = self._coalesce(self._waiting, (snap.epoch, snap))[:-1]
 
     def _coalesce(
         self, waiting: list[tuple[int, Snapshot]], new: tuple[int, Snapshot]
