@@ -111,6 +111,50 @@ def test_training_never_waits_for_a_slow_store_and_skips_superseded_checkpoints(
     assert_same_run(job_id, CADENCE_SPEC)
 
 
+def test_a_run_ends_in_one_transaction_with_its_last_checkpoint_and_the_jobs_end(
+    db_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the last epoch, one commit (on the training thread) holds the epochs not yet
+    committed, the last checkpoint's row and the job's end: a study's short trial no longer
+    ends in three transactions on three threads."""
+    from sqlalchemy import event
+
+    from store.db import get_engine
+
+    monkeypatch.setattr(runner, "COMMIT_EVERY", 60.0)  # the recorder commits only when asked
+    commits: list[str] = []
+
+    def committed(_connection: Any) -> None:
+        name = threading.current_thread().name
+        if not name.startswith("lease-"):  # the lease's cancel polls, on their own clock
+            commits.append(name)
+
+    event.listen(get_engine(), "commit", committed)
+    real_end = runner.WorkerHooks.on_epoch_end
+    marks: list[int] = []  # commits so far at each epoch's end
+
+    def on_epoch_end(self: runner.WorkerHooks, trainer: Any, record: Any) -> None:
+        real_end(self, trainer, record)
+        marks.append(len(commits))
+
+    monkeypatch.setattr(runner.WorkerHooks, "on_epoch_end", on_epoch_end)
+    spec = {**SPEC, "checkpoints": {"keep_top_k": 1}}  # the default cadence
+    job_id = make_job(spec)
+    try:
+        assert run_job(job_id, worker="w/1") == "succeeded"
+    finally:
+        event.remove(get_engine(), "commit", committed)
+    assert len(marks) == spec["training"]["epochs"]
+    assert commits[marks[-1] :] == [threading.current_thread().name]
+    job = job_row(job_id)
+    assert job.status == "succeeded" and job.epoch == spec["training"]["epochs"]
+    with session_scope() as session:
+        kept = session.scalars(select(Checkpoint.epoch).where(Checkpoint.job_id == job_id))
+        assert spec["training"]["epochs"] in set(kept)
+    assert best_checkpoint(job_id).epoch == job.best_epoch and files_match_rows(job_id)
+    assert_same_run(job_id, spec)
+
+
 def test_a_failed_upload_is_retried_from_the_last_durable_checkpoint(
     sqlite_env: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
