@@ -44,18 +44,27 @@ EPOCH_NAMES = (*(bucket_name(b) for b in EPOCH_BUCKETS), EPOCH_COUNT, EPOCH_SUM)
 
 def add(session: Session, source: str, increments: Mapping[str, float]) -> None:
     """Add each increment to this source's row of its name, in the session's transaction:
-    one INSERT ... ON CONFLICT DO UPDATE for all of them (SQLite and PostgreSQL)."""
+    one INSERT ... ON CONFLICT DO UPDATE, executed for each row (its statement is built and
+    compiled once: a VALUES list of the rows was compiled anew at each epoch's commit)."""
     if not increments:
         return
-    insert = _INSERTS[session.get_bind().dialect.name]
     # Rows in name order: two transactions adding to the same rows lock them in one order.
     rows = [{"name": n, "source": source, "value": v} for n, v in sorted(increments.items())]
-    stmt = insert(Counter).values(rows)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[Counter.name, Counter.source],
-        set_={"value": Counter.value + stmt.excluded.value},
-    )
-    session.execute(stmt)
+    session.execute(_upsert(session.get_bind().dialect.name), rows)
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert(dialect: str) -> Any:
+    if dialect not in _UPSERTS:
+        table = Counter.__table__
+        stmt = _INSERTS[dialect](table)
+        _UPSERTS[dialect] = stmt.on_conflict_do_update(
+            index_elements=[table.c.name, table.c.source],
+            set_={"value": table.c.value + stmt.excluded.value},
+        )
+    return _UPSERTS[dialect]
 
 
 def epoch_increments(seconds: float) -> dict[str, float]:

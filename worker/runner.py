@@ -229,7 +229,7 @@ def _take(session: Any, job_id: str, worker: str, *where: Any) -> Job | None:
     """The job's lease taken by a compare-and-set UPDATE on ``where``, its status event
     recorded in the same transaction; the job, or None when ``where`` no longer holds."""
     at = now()
-    taken = session.execute(
+    job: Job | None = session.scalars(
         update(Job)
         .where(Job.id == job_id, *where)
         .values(
@@ -240,11 +240,11 @@ def _take(session: Any, job_id: str, worker: str, *where: Any) -> Job | None:
             unsent_since=None,  # its message was delivered (store/outbox.py)
             started_at=func.coalesce(Job.started_at, at),
         )
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if not taken:
+        .returning(Job),  # the job as claimed, in the same statement
+        execution_options={"synchronize_session": False, "populate_existing": True},
+    ).one_or_none()
+    if job is None:
         return None
-    job: Job = session.get_one(Job, job_id, populate_existing=True)
     webhooks.record(session, job)  # its status event, running: with the claim
     return job
 
@@ -495,7 +495,11 @@ class WorkerHooks(TrainerHooks):
         outcome = None
         if items or stored or end is not None:
             with session_scope() as session:
-                stale = self._write_epochs(session, items, parameters) if items else []
+                # No budget check: the run has ended (it stopped for the budget already, or
+                # its end is the same whatever the check would find).
+                stale = (
+                    self._write_epochs(session, items, parameters, budget=False) if items else []
+                )
                 doomed = [
                     row for snap, files in stored for row in self._write_row(session, snap, files)
                 ]
@@ -551,10 +555,16 @@ class WorkerHooks(TrainerHooks):
         self._delete_files(stale)
 
     def _write_epochs(
-        self, session: Any, items: list[EpochItem], parameters: dict[str, int] | None
+        self,
+        session: Any,
+        items: list[EpochItem],
+        parameters: dict[str, int] | None,
+        *,
+        budget: bool = True,
     ) -> list[Any]:
-        """The epochs' statements; the rows of checkpoints they replace (their files are
-        deleted once committed)."""
+        """The epochs' statements (``budget``: with the owner's budget checked, see
+        ``_check_budget``); the rows of checkpoints they replace (their files are deleted
+        once committed)."""
         records = [item.record for item in items]
         last = records[-1]
         values: dict[str, Any] = {
@@ -599,7 +609,8 @@ class WorkerHooks(TrainerHooks):
         ]
         session.execute(insert(Metric), rows)
         counters.count_epochs(session, counter_source(self.lease.worker), counted)
-        self._check_budget(session)
+        if budget:
+            self._check_budget(session)
         if self.trial:
             for record in records:
                 if self._found_pruned is None and self.pruned is None and record.stop is None:
