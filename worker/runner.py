@@ -686,19 +686,22 @@ class WorkerHooks(TrainerHooks):
         ).one_or_none()
         if best_id is None:
             raise LeaseLost(self.job_id)
-        session.add(
-            Checkpoint(
-                id=checkpoint_id,
-                job_id=self.job_id,
-                epoch=snap.epoch,
-                value=finite(snap.value),
-                weights_path=files.weights_key,
-                state_path=files.state_key,
-                bytes=files.bytes,
-                sha256=files.sha256,
-            )
+        session.execute(
+            insert(Checkpoint),
+            [
+                dict(
+                    id=checkpoint_id,
+                    job_id=self.job_id,
+                    epoch=snap.epoch,
+                    value=finite(snap.value),
+                    weights_path=files.weights_key,
+                    state_path=files.state_key,
+                    bytes=files.bytes,
+                    sha256=files.sha256,
+                    created_at=now(),
+                )
+            ],
         )
-        session.flush()
         return self._retire(session, best_id[0])
 
     def _checkpoint_committed(self, seconds: float, doomed: list[Checkpoint]) -> None:

@@ -480,13 +480,14 @@ def recorded_prune(job_id: str) -> tuple[bool, dict[str, Any] | None]:
     taken for it (a trial resumed after a restart stops at once)."""
     with session_scope() as session:
         row = session.execute(
-            select(StudyTrial.pruned, Study.spec)
+            # The pruner's name only, not the whole study (its base spec and its space).
+            select(StudyTrial.pruned, Study.spec["pruner"]["name"].as_string().label("pruner"))
             .join(Study, Study.id == StudyTrial.study_id)
             .where(StudyTrial.job_id == job_id)
         ).one_or_none()
     if row is None:
         return False, None
-    prunes = (row.spec.get("pruner") or {}).get("name", "none") != "none"
+    prunes = (row.pruner or "none") != "none"
     return prunes or row.pruned is not None, row.pruned
 
 
