@@ -9,7 +9,7 @@ bench_latency): embedded (``descent serve``: SQLite, the SQLAlchemy broker), red
 same with artifacts in an S3 server: moto's standalone server, as in the tests).
 
     python -m benchmarks.bench_service_tax [--repeats 2] [--mode embedded --mode s3] [--scale 1]
-        [--case "CNN, default cadence"]
+        [--case "CNN, default cadence"] [--cnn-channels 320,640]
 
 The cases: a digits MLP (64-64, batch 32, about 10 ms an epoch on an idle 2-CPU machine)
 for 200 epochs with the default checkpoint cadence (goal ≤ 1.15×), and with a checkpoint
@@ -111,11 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", action="append", choices=MODES, help="default: both")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every case's epochs")
     parser.add_argument("--case", action="append", choices=list(CASES), help="default: all")
+    parser.add_argument(
+        "--cnn-channels",
+        default="320,640",
+        help="the CNN's two conv widths (its epoch's time goes with their product)",
+    )
     args = parser.parse_args(argv)
     print(f"machine: {machine()}", flush=True)
     print(f"{args.repeats} core runs and {args.repeats} jobs per case, alternating")
     start_load = load()
     cases = args.case or list(CASES)
+    CNN["model"]["channels"] = [int(c) for c in args.cnn_channels.split(",")]
     results = {mode: bench(mode, args.repeats, args.scale, cases) for mode in args.mode or MODES}
     print(f"load average at start: {start_load}; at end: {load()}")
     print()
