@@ -262,13 +262,15 @@ def top_up(
     sent: list[tuple[str, str, datetime | None]] = []  # the trials made, to send
     try:
         with _transaction(sessions) as session:
-            study = session.get(Study, study_id)
-            if study is None or study.status != StudyStatus.RUNNING:
+            owner = session.scalar(
+                select(Study.owner).where(Study.id == study_id, Study.status == StudyStatus.RUNNING)
+            )
+            if owner is None:
                 return []
             # The owner's write lock: top-ups of one owner (and their submits) take turns.
-            limits = limits_for(session, study.owner, settings, lock=True)
-            session.refresh(study)
-            if study.status != StudyStatus.RUNNING:
+            limits = limits_for(session, owner, settings, lock=True)
+            study = session.get(Study, study_id)  # read under the lock
+            if study is None or study.status != StudyStatus.RUNNING:
                 return []
             # TPE's proposals read every trial; random and grid ones only the trial's number
             # (the trials are counted, not read: that grew with every trial made).
@@ -391,13 +393,11 @@ def after_job(job_id: str, send: Send, settings: Settings | None = None) -> None
     """A job ended: top up its owner's running studies (a trial's study gets its next
     trial; another job's end may free room under the owner's limit of jobs at once)."""
     with session_scope() as session:
-        owner = session.scalar(select(Job.owner).where(Job.id == job_id))
-        if owner is None:
-            return
         studies = list(
             session.scalars(
                 select(Study.id)
-                .where(Study.owner == owner, Study.status == StudyStatus.RUNNING)
+                .join(Job, Job.owner == Study.owner)
+                .where(Job.id == job_id, Study.status == StudyStatus.RUNNING)
                 .order_by(Study.created_at)
             )
         )
