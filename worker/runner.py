@@ -493,6 +493,11 @@ class WorkerHooks(TrainerHooks):
         items = self.recorder.take()
         parameters = self.parameters
         outcome = None
+        if end is not None:
+            # The lease's heartbeats stop before the job's end is written (one after it
+            # would find the job released and call its lease lost).
+            self.lease.done.set()
+            self.lease.join()
         if items or stored or end is not None:
             with session_scope() as session:
                 # No budget check: the run has ended (it stopped for the budget already, or

@@ -6,6 +6,7 @@ best checkpoint loses neither the best checkpoint nor the run's outcome."""
 import hashlib
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,24 @@ def test_a_kill_while_a_best_checkpoint_is_written_keeps_the_best(fast_lease: Se
     assert best_checkpoint(job_id).epoch == job_row(reference).best_epoch
     assert files_match_rows(job_id)
     assert_same_run(job_id, spec)
+
+
+def test_no_heartbeat_follows_the_jobs_end(
+    sqlite_env: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lease stops before the run's last transaction ends the job: a heartbeat after it
+    would find the job released and call the lease lost."""
+    monkeypatch.setattr(runner, "CANCEL_POLL_EVERY", 0.0005)  # a heartbeat at every poll
+    settings = sqlite_env.model_copy(update={"heartbeat_seconds": 0.0})
+    real_committed = runner.WorkerHooks._epochs_committed
+
+    def slow_after_commit(self: runner.WorkerHooks, *args: Any) -> None:
+        real_committed(self, *args)
+        if threading.current_thread() is threading.main_thread():  # the run's last commit
+            time.sleep(0.05)  # what follows it: file deletions, a slow store
+
+    monkeypatch.setattr(runner.WorkerHooks, "_epochs_committed", slow_after_commit)
+    with caplog.at_level(logging.WARNING, logger="worker.runner"):
+        for _ in range(3):
+            assert run_job(make_job(SPEC), worker="w/1", settings=settings) == "succeeded"
+    assert "lease lost" not in caplog.text
