@@ -449,7 +449,7 @@ class WorkerHooks(TrainerHooks):
         stopping = self.should_stop()
         if self.cadence.due(record) or stopping:
             snap = snapshot(trainer, record)
-            if stopping or record.stop is not None or record.epoch >= self.total_epochs:
+            if stopping or self.cadence.last(record):
                 # The run's last epoch: its checkpoint (and a best held) is written by
                 # finish(), in one transaction with the last epochs and the job's end.
                 if record.is_best:

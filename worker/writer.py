@@ -150,8 +150,12 @@ class Cadence:
             return self.fixed
         return max(AUTO_INTERVAL, self.write_seconds / WRITE_SHARE)
 
+    def last(self, record: EpochRecord) -> bool:
+        """The run's last epoch: the epoch limit, or one that stops the run."""
+        return record.stop is not None or record.epoch >= self.last_epoch
+
     def due(self, record: EpochRecord) -> bool:
-        if record.stop is not None or record.epoch >= self.last_epoch:
+        if self.last(record):
             return True
         return record.epoch % self.every == 0 and self.clock() - self.last_write >= self.interval
 
