@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import sysconfig
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ from descent.settings import Settings
 from store.db import make_engine
 from tests import timing
 from tests.conftest import unavailable
+from tests.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 # The Compose file format's JSON schema (Apache-2.0, see tests/compose-spec/NOTICE): the
@@ -544,45 +544,6 @@ def test_migrate_works_from_a_built_wheel(tmp_path: Path) -> None:
     assert {"alembic_version", "jobs", "metrics", "checkpoints", "users"} <= tables
 
 
-class Forward:
-    """Forwards connections to ``port`` to ``target``, once started (a server coming up)."""
-
-    def __init__(self, port: int, target: tuple[str, int]) -> None:
-        self.port, self.target = port, target
-        self.server: socket.socket | None = None
-
-    def start(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        assert self.server is not None
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (a, b):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-
 def migrate(database_url: str, tmp_path: Path) -> subprocess.Popen[str]:
     env = {**embedded_env(tmp_path), "DATABASE_URL": database_url}
     with (tmp_path / "migrate.err").open("w") as stderr:
@@ -598,7 +559,7 @@ def test_migrate_waits_for_a_database_that_is_not_listening_yet(
     """Compose's first boot: migrate starts before PostgreSQL accepts TCP connections."""
     url = make_url(postgres_url)
     port = free_port()
-    forward = Forward(port, (url.host or "127.0.0.1", url.port or 5432))
+    forward = TcpProxy((url.host or "127.0.0.1", url.port or 5432), port, listen=False)
     process = migrate(url.set(port=port).render_as_string(hide_password=False), tmp_path)
     err = tmp_path / "migrate.err"
     try:

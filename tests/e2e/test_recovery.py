@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +37,7 @@ from tests.e2e.stacks import (
     production_stack,
     reference_run,
 )
+from tests.tcp_proxy import TcpProxy
 from tests.timing import scaled, wait_for
 
 log = logging.getLogger(__name__)
@@ -94,75 +94,10 @@ class RedisServer:
             return int(client.llen(queue))
 
 
-class Proxy:
-    """A TCP proxy to PostgreSQL that the test can cut, as a database restart would."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.up = threading.Event()
-        self.up.set()
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.up.is_set():
-                client.close()  # the database is "down": connections drop at once
-                continue
-            try:
-                server = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut(self) -> None:
-        self.up.clear()
-        with self.lock:
-            for s in self.sockets:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-            self.sockets.clear()
-
-    def restore(self) -> None:
-        self.up.set()
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-
-
 class RecoveryStack(Stack):
     """The stack on a Redis server of this module's own, and PostgreSQL through a proxy."""
 
-    proxy: Proxy | None = None  # between every process of the stack and PostgreSQL
+    proxy: TcpProxy | None = None  # between every process of the stack and PostgreSQL
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +121,7 @@ def stack(
         from sqlalchemy.engine import make_url
 
         parsed = make_url(database_url)
-        proxy = Proxy((parsed.host or "127.0.0.1", parsed.port or 5432))
+        proxy = TcpProxy((parsed.host or "127.0.0.1", parsed.port or 5432))
         proxied = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(
             hide_password=False
         )

@@ -5,7 +5,6 @@ drops the connection, and the service recovers once the server answers again.
 The hang is made without touching the shared server: the service reaches it through a TCP
 proxy that can stop passing bytes while keeping every socket open."""
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,66 +20,17 @@ from descent.settings import Settings
 from store.db import get_engine
 from tests.api.builders import bearer, make_user, spec
 from tests.api.server import serve
+from tests.tcp_proxy import TcpProxy
 from tests.timing import scaled
-
-
-class FreezableProxy:
-    """127.0.0.1:<port> → ``upstream``; ``freeze()`` stops passing bytes both ways (they wait
-    in the buffers, as for a stopped process), ``thaw()`` lets them through again."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.thawed = threading.Event()
-        self.thawed.set()
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def freeze(self) -> None:
-        self.thawed.clear()
-
-    def thaw(self) -> None:
-        self.thawed.set()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            self.sockets += [client, server]
-            for source, target in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                self.thawed.wait()
-                target.sendall(data)
-            target.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.thaw()
-        self.listener.close()
-        for sock in self.sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
 
 
 @pytest.fixture
 def hung_postgres(
     postgres_env: Settings, configure: Callable[..., Settings], tmp_path: Path
-) -> Iterator[tuple[Settings, FreezableProxy]]:
+) -> Iterator[tuple[Settings, TcpProxy]]:
     """The service's database (migrated) behind a freezable proxy, with small timeouts."""
     real = make_url(postgres_env.database_url)
-    proxy = FreezableProxy((real.host or "127.0.0.1", real.port or 5432))
+    proxy = TcpProxy((real.host or "127.0.0.1", real.port or 5432))
     proxied = real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     env = {"DESCENT_DATA_DIR": str(tmp_path / "data")}
     try:
@@ -110,7 +60,7 @@ def bound(settings: Settings) -> float:
 
 
 def test_a_hung_database_fails_requests_with_503_within_a_bound(
-    hung_postgres: tuple[Settings, FreezableProxy],
+    hung_postgres: tuple[Settings, TcpProxy],
 ) -> None:
     settings, proxy = hung_postgres
     token = make_user()
@@ -139,7 +89,7 @@ def test_a_hung_database_fails_requests_with_503_within_a_bound(
 
 
 def test_a_statement_on_a_hung_database_is_given_up(
-    hung_postgres: tuple[Settings, FreezableProxy],
+    hung_postgres: tuple[Settings, TcpProxy],
 ) -> None:
     settings, proxy = hung_postgres
     limit = scaled(settings.database_timeout + 2)
