@@ -18,6 +18,9 @@ CNN (conv320-conv640, batch 32, about a second an epoch on a 2-CPU machine) for 
 (goal ≤ 1.02×). Core
 runs and jobs alternate, so both see the same machine; one untimed 1-epoch run warms up
 the core and each service first. Both train at torch's defaults (threads, OpenMP's wait policy).
+Beside the wall times it prints the CPU the worker's process used during each job against
+the core run's own: the service's work in the training process, less swayed than the wall
+time by a host whose speed swings.
 """
 
 import argparse
@@ -65,10 +68,11 @@ def spec_for(case: str, scale: float) -> dict[str, Any]:
     return {**spec, "checkpoints": checkpoints, "training": {**spec["training"], "epochs": epochs}}
 
 
-def core_seconds(spec: dict[str, Any]) -> float:
-    start = time.perf_counter()
+def core_seconds(spec: dict[str, Any]) -> tuple[float, float]:
+    """(wall, CPU) seconds of the core's run, every thread of this process counted."""
+    start, cpu = time.perf_counter(), time.process_time()
     Trainer(JobSpec.model_validate(spec)).setup().train()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def job_seconds(svc: Any, spec: dict[str, Any]) -> float:
@@ -80,8 +84,8 @@ def job_seconds(svc: Any, spec: dict[str, Any]) -> float:
 def bench(
     mode: str, repeats: int, scale: float, cases: list[str]
 ) -> dict[str, list[tuple[float, float]]]:
-    """{case: [(core seconds, job seconds), ...]}"""
-    results: dict[str, list[tuple[float, float]]] = {case: [] for case in cases}
+    """{case: [(core seconds, job seconds, core CPU seconds, worker CPU seconds), ...]}"""
+    results: dict[str, list[tuple[float, float, float, float]]] = {case: [] for case in cases}
     with tempfile.TemporaryDirectory(prefix=f"descent-bench-tax-{mode}-") as tmp:
         with service(mode, Path(tmp)) as svc:
             authorize(svc)
@@ -91,17 +95,17 @@ def bench(
             for _ in range(repeats):
                 for case in cases:
                     spec = spec_for(case, scale)
-                    core = core_seconds(spec)
+                    core, core_cpu = core_seconds(spec)
                     before = cpu_seconds()
                     job = job_seconds(svc, spec)
                     spent = cpu_spent(before, cpu_seconds())
                     where = ", ".join(f"{k} {v:.2f}" for k, v in sorted(spent.items()))
                     print(
-                        f"  {mode}, {case}: core {core:.2f} s, job {job:.2f} s "
-                        f"(CPU s meanwhile: {where})",
+                        f"  {mode}, {case}: core {core:.2f} s ({core_cpu:.2f} s of CPU), "
+                        f"job {job:.2f} s (CPU s meanwhile: {where})",
                         flush=True,
                     )
-                    results[case].append((core, job))
+                    results[case].append((core, job, core_cpu, spent.get("worker", 0.0)))
     return results
 
 
@@ -125,18 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     results = {mode: bench(mode, args.repeats, args.scale, cases) for mode in args.mode or MODES}
     print(f"load average at start: {start_load}; at end: {load()}")
     print()
-    print("| mode | checkpoints | core s | job s | job/core (runs) | goal | |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+    print("| mode | checkpoints | core s | job s | job/core (runs) | goal | | CPU: worker/core |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |")
     for mode, cases in results.items():
         for case, runs in cases.items():
-            ratios = [job / core for core, job in runs]
+            ratios = [job / core for core, job, _, _ in runs]
+            cpu = median([worker / core_cpu for _, _, core_cpu, worker in runs])
             ratio, goal = median(ratios), CASES[case][2]
             verdict = "" if goal is None else "met" if ratio <= goal else "missed"
             each = ", ".join(f"{r:.2f}" for r in ratios)
             print(
-                f"| {mode} | {case} | {median([c for c, _ in runs]):.2f} "
-                f"| {median([j for _, j in runs]):.2f} | **{ratio:.2f}×** ({each}) "
-                f"| {'–' if goal is None else f'≤ {goal}×'} | {verdict} |"
+                f"| {mode} | {case} | {median([r[0] for r in runs]):.2f} "
+                f"| {median([r[1] for r in runs]):.2f} | **{ratio:.2f}×** ({each}) "
+                f"| {'–' if goal is None else f'≤ {goal}×'} | {verdict} | {cpu:.2f}× |"
             )
     return 0
 
