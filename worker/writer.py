@@ -94,29 +94,36 @@ def snapshot(trainer: Trainer, record: EpochRecord) -> Snapshot:
 AUTO_INTERVAL = 1.0
 WRITE_SHARE = 0.02
 
-# This process's last checkpoint write: (seconds, the model's parameters). A job's default
-# interval starts from it (``expected_write_seconds``), so that a worker's next job of a
-# large model does not store its first checkpoint a second in, before its own writes were
-# ever timed (a 2-million-parameter CNN's checkpoint took ~0.3 s to upload to an S3 server:
-# 30% of that first second).
-_last_write = (0.0, 0)
+# This process's last checkpoint writes, the last of each model size: {parameters: seconds},
+# oldest first, REMEMBERED_SIZES kept. A job's default interval starts from them
+# (``expected_write_seconds``), so that a worker's next job of a large model does not store
+# its first checkpoint a second in, before its own writes were ever timed (a 2-million-
+# parameter CNN's checkpoint took ~0.3 s to upload to an S3 server: 30% of that first
+# second), even when the worker ran a small model's jobs in between.
+_writes: dict[int, float] = {}
+REMEMBERED_SIZES = 16
 
 
 def expected_write_seconds(parameters: int) -> float:
     """How long a checkpoint of a model this large should take to store, from this process's
-    last write: as long for a model as large or larger (never more: a write has a fixed
-    cost, and an underestimate only writes sooner), in proportion for a smaller one; 0
-    before any write."""
-    seconds, then = _last_write
-    if then <= 0 or parameters <= 0:
+    writes: the write of the nearest size at least as large, in proportion; else, as long as
+    the largest smaller one's (never more: a write has a fixed cost, and an underestimate
+    only writes sooner); 0 before any write."""
+    if parameters <= 0 or not _writes:
         return 0.0
-    return seconds * min(1.0, parameters / then)
+    larger = [size for size in _writes if size >= parameters]
+    if larger:
+        size = min(larger)
+        return _writes[size] * parameters / size
+    return _writes[max(_writes)]
 
 
 def remember_write(seconds: float, parameters: int) -> None:
-    global _last_write
     if parameters > 0:
-        _last_write = (seconds, parameters)
+        _writes.pop(parameters, None)
+        _writes[parameters] = seconds
+        while len(_writes) > REMEMBERED_SIZES:
+            del _writes[next(iter(_writes))]
 
 
 class Cadence:
@@ -124,7 +131,7 @@ class Cadence:
     has passed since the last one, and always the last epoch (the epoch limit, or one that
     stops the run). The interval is ``min_interval_seconds``, or by default at least a
     second and at least 50 times the last write's time (``wrote``; before the run's first,
-    ``write_seconds``: the time this process's last write would take for this model):
+    ``write_seconds``: the time this process's writes say it takes for this model):
     writing takes at most 2% of the run, whatever the model's size and the store's speed.
     A best epoch between two due ones is held in memory and written with the next due one
     (worker/runner.py): the best is always written, the run's epochs are never slowed by

@@ -160,18 +160,27 @@ def test_the_default_interval_keeps_writing_under_two_percent_of_the_run() -> No
     assert fixed.due(record(6))
 
 
-def test_the_write_expected_is_the_last_ones_never_more() -> None:
+def test_the_write_expected_is_the_nearest_sizes_never_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from worker import writer
 
-    saved = writer._last_write
-    try:
-        writer._last_write = (0.0, 0)
-        assert writer.expected_write_seconds(1000) == 0.0  # no write yet
-        writer.remember_write(0.4, 2_000_000)
-        assert writer.expected_write_seconds(4_000_000) == 0.4  # larger: as long
-        assert writer.expected_write_seconds(500_000) == pytest.approx(0.1)  # smaller: less
-    finally:
-        writer._last_write = saved
+    monkeypatch.setattr(writer, "_writes", {})  # restored after: no other test's
+    assert writer.expected_write_seconds(1000) == 0.0  # no write yet
+    writer.remember_write(0.4, 2_000_000)
+    assert writer.expected_write_seconds(4_000_000) == 0.4  # larger: as long
+    assert writer.expected_write_seconds(500_000) == pytest.approx(0.1)  # smaller: less
+    # A small model's job in between: a large model's next job still expects its own.
+    writer.remember_write(0.005, 5_000)
+    assert writer.expected_write_seconds(1_800_000) == pytest.approx(0.36)
+    assert writer.expected_write_seconds(5_000) == 0.005
+    assert writer.expected_write_seconds(2_500) == pytest.approx(0.0025)
+    assert writer.expected_write_seconds(3_000_000) == 0.4  # larger than any: the largest's
+    writer.remember_write(0.6, 2_000_000)  # the last write of a size is the one kept
+    assert writer.expected_write_seconds(2_000_000) == 0.6
+    for size in range(1, writer.REMEMBERED_SIZES + 1):  # only the latest sizes are kept
+        writer.remember_write(0.001, size)
+    assert writer.expected_write_seconds(1_000_000) == 0.001
 
 
 def test_a_run_whose_writes_are_expected_to_be_slow_does_not_write_at_its_first_second() -> None:
@@ -203,7 +212,7 @@ def test_a_run_with_the_default_interval_learns_it_from_its_own_writes(
 
     from worker import writer
 
-    monkeypatch.setattr(writer, "_last_write", (0.0, 0))  # restored after: no other test's
+    monkeypatch.setattr(writer, "_writes", {})  # restored after: no other test's
     store = SlowStore(get_artifacts().root)
     monkeypatch.setattr(runner, "get_artifacts", lambda: store)
     cadences: list[Cadence] = []
