@@ -43,7 +43,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy core
+	$(BIN)/mypy core worker store descent api
 
 bench: install
 	$(BIN)/python -m benchmarks

@@ -16,9 +16,13 @@ from api.errors import allowed_methods
 
 def add_head_routes(router: APIRouter) -> None:
     """Give each GET route of the router a HEAD twin (once: routers are module singletons)."""
-    heads = {r.path for r in router.routes if isinstance(r, APIRoute) and "HEAD" in r.methods}
+    heads = {
+        r.path for r in router.routes if isinstance(r, APIRoute) and "HEAD" in (r.methods or ())
+    }
     for route in list(router.routes):
-        if isinstance(route, APIRoute) and "GET" in route.methods and route.path not in heads:
+        if not isinstance(route, APIRoute) or route.path in heads:
+            continue
+        if "GET" in (route.methods or ()):
             router.add_api_route(
                 route.path.removeprefix(router.prefix),  # the router adds its prefix again
                 route.endpoint,

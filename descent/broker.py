@@ -35,7 +35,8 @@ class Channel(kombu_sqla.Channel):
     def _engine_from_config(self) -> Engine:
         return make_engine(self.connection.client.hostname)
 
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    # kombu's own base classes disagree on the second parameter's name (message, payload).
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """kombu's, by one plain INSERT into the queue whose id this channel has read (a
         study's worker sends a trial at each trial's end: no queue lookup, no unit of work)."""
         table = self.message_cls.__table__
@@ -89,7 +90,7 @@ class Channel(kombu_sqla.Channel):
             )
         return statements[queue_id]
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
         """kombu's delivery of the oldest waiting message, which deletes its row instead of
         marking it invisible."""
         queue_id = self._queue_id(queue)
@@ -106,7 +107,7 @@ class Channel(kombu_sqla.Channel):
 class Transport(kombu_sqla.Transport):
     Channel = Channel
 
-    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+    def drain_events(self, connection: Any, timeout: float | None = None, **_: Any) -> None:
         """kombu's loop (poll the queues, wait ``polling_interval`` between two polls), but
         the wait ends as soon as this process sends a message."""
         started = time.monotonic()
@@ -115,6 +116,7 @@ class Transport(kombu_sqla.Transport):
             interval = timeout
         while True:
             _sent.clear()  # before the poll: a message sent after it ends the wait below
+            assert self.cycle is not None  # made with the transport's first channel
             try:
                 self.cycle.get(self._deliver, timeout=timeout)
             except Empty:

@@ -62,7 +62,7 @@ def make_engine(url: str, *, pooled: bool = True, bounded: bool = True) -> Engin
     )
 
     @event.listens_for(engine, "connect")
-    def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+    def _sqlite_pragmas(dbapi_connection, _record):
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
@@ -89,7 +89,7 @@ def _postgres_engine(url: str, pool_args: dict[str, Any], *, bounded: bool) -> E
     if deadline is not None and make_url(url).get_driver_name() == "psycopg":
 
         @event.listens_for(engine, "do_connect")
-        def _bounded_connection(_dialect, _record, cargs, cparams):  # type: ignore[no-untyped-def]
+        def _bounded_connection(_dialect, _record, cargs, cparams):
             from store.pg import BoundedConnection
 
             connection = BoundedConnection.connect(*cargs, **cparams)

@@ -232,13 +232,13 @@ class StudyTrial(Base):
 
 # A trial's study and parameters, read with its job (a correlated subquery: no join, so
 # ``SELECT ... FOR UPDATE`` of a job stays valid on PostgreSQL); null for other jobs.
-Job.study_id = column_property(  # type: ignore[attr-defined]
+Job.study_id = column_property(
     select(StudyTrial.study_id)
     .where(StudyTrial.job_id == Job.id)
     .correlate_except(StudyTrial)
     .scalar_subquery()
 )
-Job.params = column_property(  # type: ignore[attr-defined]
+Job.params = column_property(
     select(StudyTrial.params)
     .where(StudyTrial.job_id == Job.id)
     .correlate_except(StudyTrial)

@@ -138,7 +138,7 @@ def refused_url(url: str, *, allow_private: bool, resolve: bool = True) -> str |
             infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
         except (OSError, ValueError) as exc:
             return f"its host {host!r} does not resolve ({exc.__class__.__name__})"
-        addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     for address in addresses:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped

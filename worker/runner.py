@@ -598,7 +598,7 @@ class WorkerHooks(TrainerHooks):
         counted = [seconds for seconds in durations if seconds is not None]
         held = session.execute(
             self._holding().values(values).execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
+        ).rowcount
         if not held:
             self.lease.lost.set()
             raise LeaseLost(self.job_id)  # rolls back: the new holder redoes the epochs

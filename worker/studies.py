@@ -118,12 +118,12 @@ def load(session: Session, study: Study, *, values: bool = True) -> list[TrialRe
     by_job = {r.job_id: r for r in records}
     if by_job and values:
         metric, _ = objective_of(study)
-        values = session.execute(
+        found = session.execute(
             select(Metric.job_id, Metric.epoch, Metric.value).where(
                 Metric.job_id.in_(list(by_job)), Metric.name == metric, Metric.step == 0
             )
         )
-        for job_id, epoch, value in values:
+        for job_id, epoch, value in found:
             by_job[job_id].values[epoch] = math.nan if value is None else float(value)
     return records
 
@@ -444,7 +444,7 @@ def sweep(sessions: sessionmaker[Session], send: Send, settings: Settings) -> li
 
 
 @shared_task(name=STUDY_TASK, bind=True)
-def top_up_task(self, study_id: str) -> int:  # type: ignore[no-untyped-def]
+def top_up_task(self, study_id: str) -> int:
     """Sent by the API when a study is made: its first trials."""
 
     def send(job_id: str, queue: str) -> None:

@@ -42,12 +42,12 @@ def backoff(retries: int, cap: float) -> float:
 _top_ups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="study-top-up")
 
 
-def _after_job(app, job_id: str) -> Future[None]:  # type: ignore[no-untyped-def]
+def _after_job(app, job_id: str) -> Future[None]:
     """Top up the owner's studies (worker/studies.py) on the top-up thread."""
     return _top_ups.submit(_top_up, app, job_id)
 
 
-def _top_up(app, job_id: str) -> None:  # type: ignore[no-untyped-def]
+def _top_up(app, job_id: str) -> None:
     try:
         studies.after_job(job_id, lambda job, queue: app.send_task(TRAIN_TASK, [job], queue=queue))
     except Exception:
@@ -68,7 +68,7 @@ def stop_consuming() -> None:
         log.warning("could not stop taking tasks: %s", exc)
 
 
-def hand_back(app, job_id: str, worker: str) -> None:  # type: ignore[no-untyped-def]
+def hand_back(app, job_id: str, worker: str) -> None:
     """A job stopped because its worker is stopping: queue it again at once, for another
     worker to resume from its last checkpoint (the epoch it was in is redone).
 
@@ -107,7 +107,7 @@ def hand_back(app, job_id: str, worker: str) -> None:  # type: ignore[no-untyped
 
 
 @shared_task(name=TRAIN_TASK, bind=True)
-def train(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
+def train(self, job_id: str) -> str:
     settings = get_settings()
     worker = worker_identity(self.request.hostname or "worker")
     if PREEMPTED.is_set():

@@ -194,7 +194,7 @@ webhooks.set_notifier(send_tasks)
 
 
 @shared_task(name=WEBHOOK_TASK, bind=True)
-def deliver_task(self, job_id: str) -> None:  # type: ignore[no-untyped-def]
+def deliver_task(self, job_id: str) -> None:
     delay = deliver(job_id)
     if delay is not None:
         raise self.retry(countdown=max(delay, 0.1), max_retries=None)

@@ -270,10 +270,11 @@ class Background(Generic[T]):
                 # Lingering: items put within ``linger`` of the last call go into the next one
                 # together, unless someone waits for them or the queue closes.
                 due = self._last + self._linger
-                self._cond.wait_for(
-                    lambda due=due: self._closed or self._waiters > 0 or time.monotonic() >= due,
-                    timeout=max(0.0, due - time.monotonic()),
-                )
+
+                def ready(due: float = due) -> bool:
+                    return self._closed or self._waiters > 0 or time.monotonic() >= due
+
+                self._cond.wait_for(ready, timeout=max(0.0, due - time.monotonic()))
                 if not self._waiting:  # taken by the caller meanwhile (``take``)
                     continue
                 self._last = time.monotonic()

@@ -80,12 +80,12 @@ def _download(job: Job, checkpoint: Checkpoint) -> Download:
         return Download(None, None, name, checkpoint.sha256, key=key, info=info)
     try:
         path = artifacts.path(checkpoint.weights_path)
-        info = path.stat()
+        found = path.stat()
     except (OSError, ValueError):
         raise Gone(missing) from None
-    if not stat.S_ISREG(info.st_mode):
+    if not stat.S_ISREG(found.st_mode):
         raise Gone(missing)
-    if not verified(path, info, checkpoint.bytes, checkpoint.sha256):
+    if not verified(path, found, checkpoint.bytes, checkpoint.sha256):
         raise Gone(
             f"the weights file of checkpoint {checkpoint.id} is damaged: its sha256 no longer "
             "matches the one recorded when it was written"
@@ -93,7 +93,7 @@ def _download(job: Job, checkpoint: Checkpoint) -> Download:
     stem = _file_stem(job.name) or job.id
     return Download(
         path=path,
-        stat=info,
+        stat=found,
         filename=f"{stem}-epoch{checkpoint.epoch}.safetensors",
         sha256=checkpoint.sha256,
     )

@@ -58,8 +58,8 @@ class ExportPublic(BaseModel):
             id=export.id,
             checkpoint_id=export.checkpoint_id,
             job_id=export.job_id,
-            format=export.format,  # type: ignore[arg-type]
-            status=export.status,  # type: ignore[arg-type]
+            format=export.format,
+            status=export.status,
             parity=parity,
             error=export.error,
             bytes=export.bytes,

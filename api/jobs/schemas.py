@@ -125,7 +125,7 @@ class JobPublic(BaseModel):
         return cls(
             id=job.id,
             name=job.name,
-            status=job.status,  # type: ignore[arg-type]
+            status=job.status,
             created_at=created_at,
             started_at=as_utc(job.started_at),
             finished_at=as_utc(job.finished_at),

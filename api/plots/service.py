@@ -74,7 +74,7 @@ def draw(curves: Curves, width: int, height: int) -> Any:
     axes = figure.subplots(1, 2 if accuracy else 1, squeeze=False)[0]
     figure.suptitle(f"{curves.title} ({curves.status})")
 
-    loss_names = [n for n in ("train_loss", "val_loss") if n in names]
+    loss_names: list[str] = [n for n in ("train_loss", "val_loss") if n in names]
     _panel(axes[0], curves, loss_names or sorted(n for n in names if "loss" in n), "loss")
     if accuracy:
         _panel(axes[1], curves, accuracy, "accuracy")

@@ -1,6 +1,6 @@
 """Study routes: parse, call one service function, shape the answer."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
@@ -17,7 +17,7 @@ from api.studies.schemas import (
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
-NOT_FOUND = {404: {"description": "No such study"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such study"}}
 
 
 @router.post(

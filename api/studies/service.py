@@ -266,7 +266,8 @@ def trials_of(session: Session, study: Study) -> list[TrialView]:
             )
         )
         for job_id, epoch, value in found:
-            values.setdefault(job_id, []).append((epoch, value))
+            if value is not None:  # as selected: a type checker does not know
+                values.setdefault(job_id, []).append((epoch, value))
     views = []
     for trial, job in rows:
         points = [(e, v) for e, v in values.get(job.id, []) if finite(v) is not None]
@@ -296,7 +297,7 @@ def trial_public(session: Session, view: TrialView, metric: str) -> TrialPublic:
     return TrialPublic(
         number=view.trial.number,
         job_id=view.job.id,
-        status=view.status,  # type: ignore[arg-type]
+        status=view.status,
         params=json_safe(view.trial.params),
         value=finite(view.value),
         epoch=view.epoch,
@@ -335,7 +336,7 @@ def study_public(session: Session, study: Study) -> StudyPublic:
     return StudyPublic(
         id=study.id,
         name=study.name,
-        status=study.status,  # type: ignore[arg-type]
+        status=study.status,
         created_at=created_at,
         finished_at=as_utc(study.finished_at),
         algorithm=spec["algorithm"],

@@ -29,10 +29,10 @@ class UploadPublic(BaseModel):
         assert created_at is not None
         return cls(
             id=row.id,
-            kind=row.kind,  # type: ignore[arg-type]
+            kind=row.kind,
             name=row.name,
             filename=row.filename,
-            format=row.format,  # type: ignore[arg-type]
+            format=row.format,
             bytes=row.bytes,
             sha256=row.sha256,
             info=json_safe(row.info),

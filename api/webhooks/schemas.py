@@ -53,9 +53,9 @@ class DeliveryPublic(BaseModel):
         return cls(
             seq=row.seq,
             id=f"{row.job_id}-{row.seq}",
-            event=row.event,  # type: ignore[arg-type]
+            event=row.event,
             url=row.url,
-            status=row.status,  # type: ignore[arg-type]
+            status=row.status,
             attempts=row.attempts,
             status_code=row.status_code,
             error=row.error,
