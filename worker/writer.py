@@ -109,13 +109,14 @@ def expected_write_seconds(parameters: int) -> float:
     writes: the write of the nearest size at least as large, in proportion; else, as long as
     the largest smaller one's (never more: a write has a fixed cost, and an underestimate
     only writes sooner); 0 before any write."""
-    if parameters <= 0 or not _writes:
+    writes = dict(_writes)  # a copy: the writer thread may add one meanwhile
+    if parameters <= 0 or not writes:
         return 0.0
-    larger = [size for size in _writes if size >= parameters]
+    larger = [size for size in writes if size >= parameters]
     if larger:
         size = min(larger)
-        return _writes[size] * parameters / size
-    return _writes[max(_writes)]
+        return writes[size] * parameters / size
+    return writes[max(writes)]
 
 
 def remember_write(seconds: float, parameters: int) -> None:
