@@ -63,9 +63,7 @@ def _http_date(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo is not None else None
 
 
-def precondition(
-    method: str, headers: Headers, etag: str, modified: float
-) -> Response | None:
+def precondition(method: str, headers: Headers, etag: str, modified: float) -> Response | None:
     """The 304 answer a conditional GET/HEAD gets, None to serve the file; raises 412.
 
     ``etag`` is the file's strong tag, quoted; ``modified`` its modification time.

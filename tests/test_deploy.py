@@ -94,8 +94,9 @@ def test_compose_runs_every_process_of_the_service(compose: dict[str, Any]) -> N
     for name in workers:
         assert services[name]["restart"] == "unless-stopped", name
         assert services[name]["stop_grace_period"] == "30s", name
-    assert "deploy" not in services["worker-cpu"] or "reservations" not in (
-        services["worker-cpu"]["deploy"]["resources"]
+    assert (
+        "deploy" not in services["worker-cpu"]
+        or "reservations" not in (services["worker-cpu"]["deploy"]["resources"])
     )
 
 

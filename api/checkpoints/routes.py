@@ -25,7 +25,7 @@ Redirect = Annotated[
 FILE_HEADERS = {
     "ETag": header("The file's sha256, quoted: a strong entity tag"),
     "Last-Modified": header("When the file was written"),
-    "Content-Disposition": header("attachment; filename=\"<job name>-epoch<N>.safetensors\""),
+    "Content-Disposition": header('attachment; filename="<job name>-epoch<N>.safetensors"'),
     "X-Checksum-SHA256": header("The file's sha256, hex"),
     "Accept-Ranges": header("bytes"),
 }

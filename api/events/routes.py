@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["events"])
 
 EVENTS = (
     "Server-sent events. `event: status`: data is the job (JobPublic), sent first and at each "
-    "change of status; `event: epoch`: data is `{\"epoch\": N, \"metrics\": {...}}` "
+    'change of status; `event: epoch`: data is `{"epoch": N, "metrics": {...}}` '
     "(EpochMetrics), sent as each epoch ends. Every event has an `id:` (`<epoch>:<status>`); "
     "the first event carries `retry:` (milliseconds before reconnecting); comment lines "
     "(`: keepalive`) keep a quiet stream open. A stream that ends without a status event of "
@@ -30,6 +30,7 @@ EVENTS = (
 def stream_event_schemas() -> dict[str, Any]:
     """The models the event stream's documentation names, for the OpenAPI components."""
     return {"EpochMetrics": EpochMetrics.model_json_schema()}
+
 
 # No caching, and no buffering by a reverse proxy (nginx honours X-Accel-Buffering).
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -89,9 +89,7 @@ def test_a_live_job_streams_status_changes_and_epochs_in_order(client: TestClien
             session.execute(update(Job).where(Job.id == job_id).values(status=status))
 
     changes: list[Callable[[], None]] = [lambda: set_status("running")]
-    changes += [
-        lambda e=e: add_epochs(job_id, [epochs[e - 1]], first=e) for e in range(1, 7)
-    ]
+    changes += [lambda e=e: add_epochs(job_id, [epochs[e - 1]], first=e) for e in range(1, 7)]
     changes.append(lambda: set_status("succeeded"))
     pending = iter(changes)
     events = read_events(client, job_id, on_event=lambda _: next(pending, lambda: None)())

@@ -6,7 +6,6 @@ Cases are made from each operation's hypothesis strategy inside one test (rather
 schemathesis' pytest plugin), so that one database and one token serve the whole run.
 """
 
-
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient

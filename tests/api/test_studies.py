@@ -131,8 +131,9 @@ def test_another_users_study_is_not_found(client: TestClient) -> None:
     assert client.get(f"/v1/studies/{mine}").status_code == 200
 
 
-def ended_trial(study_id: str, number: int, params: dict[str, Any], raw: dict[str, Any],
-                value: float) -> None:
+def ended_trial(
+    study_id: str, number: int, params: dict[str, Any], raw: dict[str, Any], value: float
+) -> None:
     job_id = make_job(status="succeeded", study_id=study_id, params=params, epoch=1)
     add_epochs(job_id, [{"val_loss": value}])
     with session_scope() as session:

@@ -93,9 +93,7 @@ def test_processes_refused_with_the_reason(patch: dict, loc: tuple, fragment: st
     assert any(where == loc and fragment in m for where, m in found), found
 
 
-@pytest.mark.skipif(
-    torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs for a 2-rank NCCL job"
-)
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs for a 2-rank NCCL job")
 def test_two_gpus_train_as_one() -> None:
     spec = _digits("adam", 1)
     spec["training"]["device"] = "cuda"

@@ -22,7 +22,12 @@ STUDY: dict[str, Any] = {
     "parallelism": 4,
     "pruner": {"name": "asha"},
     "trials": {
-        "total": 9, "queued": 1, "running": 3, "succeeded": 3, "pruned": 2, "failed": 0,
+        "total": 9,
+        "queued": 1,
+        "running": 3,
+        "succeeded": 3,
+        "pruned": 2,
+        "failed": 0,
         "cancelled": 0,
     },  # fmt: skip
     "best": {
