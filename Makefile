@@ -44,7 +44,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy core worker store descent api
+	$(BIN)/mypy core worker store descent api client/descent_client
 
 bench: install
 	$(BIN)/python -m benchmarks

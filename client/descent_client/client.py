@@ -499,7 +499,8 @@ class DescentClient:
         seen: Any = None
         while True:
             study = self.study(study_id)
-            state = (study["status"], study["trials"], (study.get("best") or {}).get("job_id"))
+            best = study.get("best")
+            state = (study["status"], study["trials"], best.get("job_id") if best else None)
             if on_update is not None and state != seen:
                 on_update(study)
             seen = state
@@ -597,7 +598,8 @@ def parse_events(lines: Iterator[str]) -> Iterator[Event]:
 
 def _read_events(lines: Iterator[str]) -> Iterator[Event | None]:
     """For each line of a stream, the event it completes, or None."""
-    event_id, name, data = "", "", []
+    event_id, name = "", ""
+    data: list[str] = []
     for raw in lines:
         line = raw.rstrip("\r")
         if not line:

@@ -25,7 +25,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 from descent_client.models import TERMINAL
@@ -150,7 +150,7 @@ def verdict(job: Job) -> str:
     """The job's outcome in one line."""
     name = job.get("name") or job["id"]
     line = f"{name} ({job['id']}) {job['status']}"
-    stop = job.get("stop") or {}
+    stop: Mapping[str, Any] = job.get("stop") or {}
     if stop.get("reason"):
         line += f": {stop['reason'].replace('_', ' ')}"
         if stop.get("epoch"):
@@ -297,7 +297,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(job, indent=2))
         return 0
     total = _total_epochs(job)
-    status = job["status"]
+    status: str = job["status"]
     if job.get("cancel_requested") and status not in TERMINAL:
         status += " (cancel requested)"
     facts: list[tuple[str, Any]] = [
@@ -342,7 +342,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = client.cancel(args.job_id)
-    state = job["status"]
+    state: str = job["status"]
     if state not in TERMINAL:
         state += ", stopping within a training step"
     print(f"{job['id']}: {state}")
@@ -372,7 +372,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             interval=args.interval,
             progress=sys.stderr.isatty(),
         )
-    parity = export["parity"] or {}
+    parity: Mapping[str, Any] = export["parity"] or {}
     print(
         f"saved the {export['format']} export {export['id']} of job {export['job_id']} to "
         f"{args.output} ({export['bytes']} bytes, sha256 {export['sha256']} verified; parity "

@@ -15,6 +15,7 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from descent_client.commands import _client, _fmt, _guard, _table
@@ -29,11 +30,11 @@ def _value(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _objective(study: dict[str, Any]) -> str:
+def _objective(study: Mapping[str, Any]) -> str:
     return str(study["objective"]["metric"])
 
 
-def progress_line(study: dict[str, Any]) -> str:
+def progress_line(study: Mapping[str, Any]) -> str:
     """``study ID: 5/32 done (2 pruned, 0 failed), 4 running, 0 queued; best val_loss
     0.1234 (trial 3)``."""
     t = study["trials"]
@@ -49,7 +50,7 @@ def progress_line(study: dict[str, Any]) -> str:
     return line
 
 
-def summary_lines(study: dict[str, Any], importance: dict[str, float] | None) -> list[str]:
+def summary_lines(study: Mapping[str, Any], importance: dict[str, float] | None) -> list[str]:
     t = study["trials"]
     counts = ", ".join(
         f"{t[k]} {k}"
@@ -97,7 +98,7 @@ def _importance(client: Any, study_id: str) -> dict[str, float] | None:
         raise
 
 
-def report(client: Any, study: dict[str, Any], out: TextIO) -> int:
+def report(client: Any, study: Mapping[str, Any], out: TextIO) -> int:
     for line in summary_lines(study, _importance(client, study["id"])):
         print(line, file=out, flush=True)
     return 0 if study["status"] == "completed" else 1
@@ -118,7 +119,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return 0
         live = sys.stderr.isatty()
 
-        def update(current: dict[str, Any]) -> None:
+        def update(current: Mapping[str, Any]) -> None:
             line = progress_line(current)
             if live:
                 print("\r\x1b[2K" + line, end="", file=sys.stderr, flush=True)
@@ -164,7 +165,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def trial_rows(trials: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def trial_rows(trials: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The table's header and rows: number, status, value, its epoch, epochs trained, each
     parameter (in the order they first appear), the stop rule, the job."""
     names: list[str] = []
