@@ -83,7 +83,7 @@ def job_seconds(svc: Any, spec: dict[str, Any]) -> float:
 
 def bench(
     mode: str, repeats: int, scale: float, cases: list[str]
-) -> dict[str, list[tuple[float, float]]]:
+) -> dict[str, list[tuple[float, float, float, float]]]:
     """{case: [(core seconds, job seconds, core CPU seconds, worker CPU seconds), ...]}"""
     results: dict[str, list[tuple[float, float, float, float]]] = {case: [] for case in cases}
     with tempfile.TemporaryDirectory(prefix=f"descent-bench-tax-{mode}-") as tmp:
@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("| mode | checkpoints | core s | job s | job/core (runs) | goal | | CPU: worker/core |")
     print("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |")
-    for mode, cases in results.items():
-        for case, runs in cases.items():
+    for mode, by_case in results.items():
+        for case, runs in by_case.items():
             ratios = [job / core for core, job, _, _ in runs]
             cpu = median([worker / core_cpu for _, _, core_cpu, worker in runs])
             ratio, goal = median(ratios), CASES[case][2]

@@ -703,7 +703,6 @@ class WorkerHooks(TrainerHooks):
                     state_path=files.state_key,
                     bytes=files.bytes,
                     sha256=files.sha256,
-                    created_at=now(),
                 )
             ],
         )
