@@ -26,6 +26,7 @@ time by a host whose speed swings.
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,24 +69,57 @@ def spec_for(case: str, scale: float) -> dict[str, Any]:
     return {**spec, "checkpoints": checkpoints, "training": {**spec["training"], "epochs": epochs}}
 
 
-def core_seconds(spec: dict[str, Any]) -> tuple[float, float]:
-    """(wall, CPU) seconds of the core's run, every thread of this process counted."""
+def core_seconds(spec: dict[str, Any]) -> tuple[float, float, float]:
+    """(wall, CPU, epochs) seconds of the core's run, every thread of this process counted;
+    epochs: the sum of its epochs' own ``epoch_seconds``."""
     start, cpu = time.perf_counter(), time.process_time()
-    Trainer(JobSpec.model_validate(spec)).setup().train()
-    return time.perf_counter() - start, time.process_time() - cpu
+    trainer = Trainer(JobSpec.model_validate(spec)).setup()
+    trainer.train()
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return wall, cpu, sum(m["epoch_seconds"] for m in trainer.metrics_history)
 
 
-def job_seconds(svc: Any, spec: dict[str, Any]) -> float:
+def job_seconds(svc: Any, spec: dict[str, Any]) -> tuple[float, float]:
+    """(wall, epochs) seconds of the job: started_at → finished_at, and the sum of its
+    epochs' ``epoch_seconds`` (the same clock on the training thread as the core's)."""
     job = svc.wait(svc.submit(spec)["id"], timeout=600, interval=POLL_EVERY)
     assert job["status"] == "succeeded", job
-    return stamp(job["finished_at"]) - stamp(job["started_at"])
+    epochs = sum(item["metrics"]["epoch_seconds"] for item in svc.metrics(job["id"]))
+    return stamp(job["finished_at"]) - stamp(job["started_at"]), epochs
 
 
-def bench(
-    mode: str, repeats: int, scale: float, cases: list[str]
-) -> dict[str, list[tuple[float, float, float, float]]]:
-    """{case: [(core seconds, job seconds, core CPU seconds, worker CPU seconds), ...]}"""
-    results: dict[str, list[tuple[float, float, float, float]]] = {case: [] for case in cases}
+@dataclass
+class Run:
+    """One core run and the job after it (seconds)."""
+
+    core: float
+    job: float
+    core_cpu: float
+    worker_cpu: float  # the worker's process during the job
+    core_epochs: float  # the sum of the epochs' own epoch_seconds
+    job_epochs: float
+    # The CPU the machine's other processes (the API, the databases, the S3 server, the
+    # host's own) used during the core run and during the job: what took the cores from
+    # training beside it (``others``).
+    others_core: float
+    others_job: float
+
+    def outside(self) -> float:
+        """The job's time outside its epochs less the core's (setup, claim, the epochs'
+        hand-offs, the end): the service's own time on the training thread."""
+        return (self.job - self.job_epochs) - (self.core - self.core_epochs)
+
+
+def others(spent: dict[str, float], training: str) -> float:
+    """The CPU of every process but the one training (``training``: the benchmark's own
+    during the core run, the worker during the job). An idle worker's broker polls count
+    during the core run; the benchmark's polls of the job count during the job."""
+    return sum(v for k, v in spent.items() if k != training)
+
+
+def bench(mode: str, repeats: int, scale: float, cases: list[str]) -> dict[str, list[Run]]:
+    """{case: [Run, ...]}"""
+    results: dict[str, list[Run]] = {case: [] for case in cases}
     with tempfile.TemporaryDirectory(prefix=f"descent-bench-tax-{mode}-") as tmp:
         with service(mode, Path(tmp)) as svc:
             authorize(svc)
@@ -95,17 +129,31 @@ def bench(
             for _ in range(repeats):
                 for case in cases:
                     spec = spec_for(case, scale)
-                    core, core_cpu = core_seconds(spec)
                     before = cpu_seconds()
-                    job = job_seconds(svc, spec)
-                    spent = cpu_spent(before, cpu_seconds())
+                    core, core_cpu, core_epochs = core_seconds(spec)
+                    between = cpu_seconds()
+                    job, job_epochs = job_seconds(svc, spec)
+                    spent = cpu_spent(between, cpu_seconds())
+                    beside = cpu_spent(before, between)
                     where = ", ".join(f"{k} {v:.2f}" for k, v in sorted(spent.items()))
+                    run = Run(
+                        core,
+                        job,
+                        core_cpu,
+                        spent.get("worker", 0.0),
+                        core_epochs,
+                        job_epochs,
+                        others(beside, "benchmark"),
+                        others(spent, "worker"),
+                    )
                     print(
-                        f"  {mode}, {case}: core {core:.2f} s ({core_cpu:.2f} s of CPU), "
-                        f"job {job:.2f} s (CPU s meanwhile: {where})",
+                        f"  {mode}, {case}: core {core:.2f} s ({core_cpu:.2f} s of CPU, "
+                        f"epochs {core_epochs:.2f} s), job {job:.2f} s (epochs "
+                        f"{job_epochs:.2f} s; outside them +{run.outside():.3f} s; "
+                        f"CPU s meanwhile: {where})",
                         flush=True,
                     )
-                    results[case].append((core, job, core_cpu, spent.get("worker", 0.0)))
+                    results[case].append(run)
     return results
 
 
@@ -133,15 +181,36 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |")
     for mode, by_case in results.items():
         for case, runs in by_case.items():
-            ratios = [job / core for core, job, _, _ in runs]
-            cpu = median([worker / core_cpu for _, _, core_cpu, worker in runs])
+            ratios = [r.job / r.core for r in runs]
+            cpu = median([r.worker_cpu / r.core_cpu for r in runs])
             ratio, goal = median(ratios), CASES[case][2]
             verdict = "" if goal is None else "met" if ratio <= goal else "missed"
             each = ", ".join(f"{r:.2f}" for r in ratios)
             print(
-                f"| {mode} | {case} | {median([r[0] for r in runs]):.2f} "
-                f"| {median([r[1] for r in runs]):.2f} | **{ratio:.2f}×** ({each}) "
+                f"| {mode} | {case} | {median([r.core for r in runs]):.2f} "
+                f"| {median([r.job for r in runs]):.2f} | **{ratio:.2f}×** ({each}) "
                 f"| {'–' if goal is None else f'≤ {goal}×'} | {verdict} | {cpu:.2f}× |"
+            )
+    print()
+    print(
+        "Where the job's time went (medians): its time outside the epochs less the core's "
+        "(the service's own work on the training thread); its epochs' time over the core's; "
+        "the CPU the machine's other processes used during the job and during the core run."
+    )
+    print()
+    print(
+        "| mode | case | outside epochs: job − core | epochs: job/core | others' CPU: job, core |"
+    )
+    print("| --- | --- | ---: | ---: | ---: |")
+    for mode, by_case in results.items():
+        for case, runs in by_case.items():
+            outside = median([r.outside() for r in runs])
+            epochs = median([r.job_epochs / r.core_epochs for r in runs])
+            print(
+                f"| {mode} | {case} | {outside * 1000:+.0f} ms "
+                f"({outside / median([r.core for r in runs]):+.1%}) | {epochs:.3f}× "
+                f"| {median([r.others_job for r in runs]):.2f} s, "
+                f"{median([r.others_core for r in runs]):.2f} s |"
             )
     return 0
 
