@@ -50,19 +50,20 @@ GOALS = {"embedded": 1.0, "redis": 0.1}
 
 
 @contextmanager
-def service(mode: str, root: Path) -> Iterator[Service]:
+def service(mode: str, root: Path, env: dict[str, str] | None = None) -> Iterator[Service]:
     """embedded; redis (PostgreSQL + Redis, artifacts in a folder); s3 (the same, artifacts in
-    an S3 server of the benchmark's own: moto's, as in the tests)."""
+    an S3 server of the benchmark's own: moto's, as in the tests). ``env``: settings added to
+    the service's environment."""
     if mode == "embedded":
-        yield from running(start_embedded(root))
+        yield from running(start_embedded(root, env))
         return
     with contextlib.ExitStack() as stack:
         database_url = stack.enter_context(postgres_database())
         redis_url, prefix = stack.enter_context(redis_key_space())
-        extra: dict[str, str] = {}
+        extra = dict(env or {})
         if mode == "s3":
             server = stack.enter_context(s3_server(root))
-            extra = server.env(server.bucket())
+            extra |= server.env(server.bucket())
         yield from running(start_production(root, database_url, redis_url, prefix, extra))
 
 

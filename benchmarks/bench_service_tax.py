@@ -24,16 +24,21 @@ time by a host whose speed swings.
 """
 
 import argparse
+import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.bench_latency import authorize, service, stamp
 from benchmarks.common import cpu_seconds, cpu_spent, load, machine, median
 from core.spec import JobSpec
 from core.train import Trainer
+from descent.settings import get_settings
+from worker.memory import keep_freed_memory
 
 MLP: dict[str, Any] = {
     "name": "service-tax-digits",
@@ -117,11 +122,50 @@ def others(spent: dict[str, float], training: str) -> float:
     return sum(v for k, v in spent.items() if k != training)
 
 
-def bench(mode: str, repeats: int, scale: float, cases: list[str]) -> dict[str, list[Run]]:
-    """{case: [Run, ...]}"""
+def descendants(pid: int) -> list[int]:
+    """The processes started by ``pid``, and theirs (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def pin(training: set[int], rest: set[int]) -> None:
+    """The worker's process (every thread) and this one on the ``training`` CPUs, every other
+    process this benchmark started (the API, the S3 server) on the ``rest``: a training host
+    of its own. Threads started later keep their starter's CPUs."""
+    for pid in descendants(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cpus = training if b"celery" in f.read() else rest
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # a process or thread that ended meanwhile
+            continue
+    os.sched_setaffinity(0, training)
+
+
+def bench(
+    mode: str, repeats: int, scale: float, cases: list[str], pinned: bool = False
+) -> dict[str, list[Run]]:
+    """{case: [Run, ...]}; pinned: training on the last CPU, one thread, the rest elsewhere."""
     results: dict[str, list[Run]] = {case: [] for case in cases}
+    env = {"DESCENT_WORKER_THREADS": "1"} if pinned else None
     with tempfile.TemporaryDirectory(prefix=f"descent-bench-tax-{mode}-") as tmp:
-        with service(mode, Path(tmp)) as svc:
+        with service(mode, Path(tmp), env) as svc:
+            if pinned:
+                cpus = sorted(os.sched_getaffinity(0))
+                pin({cpus[-1]}, set(cpus[:-1]))
             authorize(svc)
             warm_up = {**MLP, "training": {**MLP["training"], "epochs": 1}}
             core_seconds(warm_up)
@@ -149,7 +193,7 @@ def bench(mode: str, repeats: int, scale: float, cases: list[str]) -> dict[str, 
                     print(
                         f"  {mode}, {case}: core {core:.2f} s ({core_cpu:.2f} s of CPU, "
                         f"epochs {core_epochs:.2f} s), job {job:.2f} s (epochs "
-                        f"{job_epochs:.2f} s; outside them +{run.outside():.3f} s; "
+                        f"{job_epochs:.2f} s; outside them {run.outside():+.3f} s; "
                         f"CPU s meanwhile: {where})",
                         flush=True,
                     )
@@ -164,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every case's epochs")
     parser.add_argument("--case", action="append", choices=list(CASES), help="default: all")
     parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="train on one thread on the last CPU (the core and the worker) and run the "
+        "service's other processes on the others: a training host of its own",
+    )
+    parser.add_argument(
         "--cnn-channels",
         default="320,640",
         help="the CNN's two conv widths (its epoch's time goes with their product)",
@@ -174,7 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     start_load = load()
     cases = args.case or list(CASES)
     CNN["model"]["channels"] = [int(c) for c in args.cnn_channels.split(",")]
-    results = {mode: bench(mode, args.repeats, args.scale, cases) for mode in args.mode or MODES}
+    # The core's malloc as the worker's (worker/memory.py): the ratio is the service's, not
+    # glibc's (the default's page faults cost a CPU CNN ~1-2%, and how many it takes depends
+    # on what the process freed before).
+    keep_freed_memory(get_settings().worker_malloc_keep_mb)
+    if args.pin:
+        if len(os.sched_getaffinity(0)) < 2:
+            parser.error("--pin needs at least two CPUs")
+        torch.set_num_threads(1)  # the core's, as the worker's (DESCENT_WORKER_THREADS=1)
+    results = {
+        mode: bench(mode, args.repeats, args.scale, cases, args.pin) for mode in args.mode or MODES
+    }
     print(f"load average at start: {start_load}; at end: {load()}")
     print()
     print("| mode | checkpoints | core s | job s | job/core (runs) | goal | | CPU: worker/core |")

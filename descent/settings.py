@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # is under this many floating-point operations trains on one thread (worker/threads.py);
     # 0: every job uses worker_threads.
     single_thread_below_flops: float = Field(default=4e6, ge=0)
+    # How much freed memory a worker's malloc keeps for the next training step instead of
+    # giving it back to the kernel (worker/memory.py); 0: glibc's defaults.
+    worker_malloc_keep_mb: int = Field(default=256, ge=0)
     # Requests larger than this are refused with 413 before they are read whole.
     max_body_bytes: int = 1_000_000
     # Dataset and weights uploads have a limit of their own (413 over it); each owner's

@@ -12,6 +12,7 @@ import torch
 from celery.signals import worker_init, worker_process_init
 
 from descent.settings import get_settings
+from worker.memory import keep_freed_memory
 
 
 def cuda_problem() -> str | None:
@@ -50,9 +51,12 @@ def refusal(queues: list[str]) -> str | None:
 
 
 def apply_threads() -> None:
-    threads = get_settings().worker_threads
-    if threads > 0:
-        torch.set_num_threads(threads)
+    """torch's threads (DESCENT_WORKER_THREADS) and malloc's kept memory
+    (DESCENT_WORKER_MALLOC_KEEP_MB, worker/memory.py) for this worker process."""
+    settings = get_settings()
+    if settings.worker_threads > 0:
+        torch.set_num_threads(settings.worker_threads)
+    keep_freed_memory(settings.worker_malloc_keep_mb)
 
 
 @worker_init.connect

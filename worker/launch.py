@@ -34,6 +34,7 @@ from descent.settings import get_settings
 from store.artifacts import get_artifacts
 from store.models import Job
 from worker import runner
+from worker.memory import keep_freed_memory
 
 # How often the coordinator copies its lease's events into the flag files (seconds).
 RELAY_EVERY = 0.05
@@ -155,6 +156,7 @@ def _rank(
     try:
         spec = JobSpec.model_validate(spec_json)
         settings, artifacts = get_settings(), get_artifacts()
+        keep_freed_memory(settings.worker_malloc_keep_mb)  # as in the worker's own process
         lease = _Lease(worker, Path(flags))
         job = SimpleNamespace(**fields)
         hooks: Any = _RankHooks(lease)
