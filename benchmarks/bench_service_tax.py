@@ -9,7 +9,7 @@ bench_latency): embedded (``descent serve``: SQLite, the SQLAlchemy broker), red
 same with artifacts in an S3 server: moto's standalone server, as in the tests).
 
     python -m benchmarks.bench_service_tax [--repeats 2] [--mode embedded --mode s3] [--scale 1]
-        [--case "CNN, default cadence"] [--cnn-channels 320,640]
+        [--case "CNN, default cadence"] [--cnn-channels 320,640] [--pin]
 
 The cases: a digits MLP (64-64, batch 32, about 10 ms an epoch on an idle 2-CPU machine)
 for 200 epochs with the default checkpoint cadence (goal ≤ 1.15×), and with a checkpoint
@@ -20,7 +20,11 @@ runs and jobs alternate, so both see the same machine; one untimed 1-epoch run w
 the core and each service first. Both train at torch's defaults (threads, OpenMP's wait policy).
 Beside the wall times it prints the CPU the worker's process used during each job against
 the core run's own: the service's work in the training process, less swayed than the wall
-time by a host whose speed swings.
+time by a host whose speed swings. A second table splits each job's time: outside its epochs
+(less the core's: the service's own work on the training thread) and in them (over the
+core's epochs), with the CPU the machine's other processes used beside each. The core runs
+with the worker's malloc setting (worker/memory.py). ``--pin``: the core and the worker
+train on one thread on the last CPU, the service's other processes run on the others.
 """
 
 import argparse
