@@ -42,6 +42,7 @@ from benchmarks.common import cpu_seconds, cpu_spent, load, machine, median
 from core.spec import JobSpec
 from core.train import Trainer
 from descent.settings import get_settings
+from tests.e2e.service import children, is_celery
 from worker.memory import keep_freed_memory
 
 MLP: dict[str, Any] = {
@@ -128,17 +129,9 @@ def others(spent: dict[str, float], training: str) -> float:
 
 def descendants(pid: int) -> list[int]:
     """The processes started by ``pid``, and theirs (Linux)."""
-    children: dict[int, list[int]] = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
     found, todo = [], [pid]
     while todo:
-        kids = children.get(todo.pop(), [])
+        kids = children(todo.pop())
         found += kids
         todo += kids
     return found
@@ -149,9 +142,8 @@ def pin(training: set[int], rest: set[int]) -> None:
     process this benchmark started (the API, the S3 server) on the ``rest``: a training host
     of its own. Threads started later keep their starter's CPUs."""
     for pid in descendants(os.getpid()):
+        cpus = training if is_celery(pid) else rest
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cpus = training if b"celery" in f.read() else rest
             for tid in os.listdir(f"/proc/{pid}/task"):
                 os.sched_setaffinity(int(tid), cpus)
         except OSError:  # a process or thread that ended meanwhile

@@ -31,6 +31,7 @@ from descent.settings import Settings
 from store.db import make_engine
 from tests import timing
 from tests.conftest import unavailable
+from tests.e2e.service import children
 from tests.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -438,16 +439,6 @@ def test_serve_runs_the_api_and_one_worker_then_stops_both(serve: Serve) -> None
     assert serve.stop() == 0, serve.stderr()
     assert not alive(serve.worker_pid)
     assert "the worker stopped" not in serve.stderr()  # stopped on purpose: not reported
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

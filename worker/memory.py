@@ -16,7 +16,6 @@ absent or refusing).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -33,8 +32,8 @@ def keep_freed_memory(keep_mb: int) -> bool:
     to ``keep_mb`` MiB free at the heap's top; whether it took (False: 0, or not glibc)."""
     if keep_mb <= 0:
         return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    try:  # the C library the process runs with (as descent/cli.py finds prctl)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

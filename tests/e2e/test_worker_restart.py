@@ -9,12 +9,11 @@ Only processes this test started are killed: `descent serve` and what /proc list
 import os
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.service import Service, running, start_embedded
+from tests.e2e.service import Service, children, is_celery, running, start_embedded
 from tests.timing import scaled, wait_for
 
 NEXT_JOB: dict[str, Any] = {
@@ -47,24 +46,6 @@ def long_job() -> dict[str, Any]:
 
 
 STOPPED = "the worker stopped (killed by SIGKILL); starting it again in"
-
-
-def children(pid: int) -> list[int]:
-    """The child processes of ``pid``, from /proc (every thread's list)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except FileNotFoundError:  # the thread ended meanwhile
-            continue
-    return found
-
-
-def is_celery(pid: int) -> bool:
-    try:
-        return b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return False
 
 
 def worker_pid(service: Service) -> int | None:

@@ -12,7 +12,7 @@ from worker.memory import keep_freed_memory
 ROOT = Path(__file__).resolve().parents[2]
 
 # Trains a small CNN on digits for three epochs on one thread, in a fresh process with
-# keep_freed_memory(KEEP), and prints the page faults the last two epochs took.
+# keep_freed_memory(argv[1]), and prints the page faults the last two epochs took.
 EPOCH_FAULTS = """
 import json, resource, sys
 import torch
